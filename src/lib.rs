@@ -1,0 +1,1 @@
+//! vxcd: turns service keys and virtual cross connects into kernel state.

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The one test command (README "Run the tests"). On a fresh Debian/Ubuntu machine, run as root:
+# it installs what the tests need, then runs every tier: unit, host (network namespaces on this
+# kernel) and lab (Debian's cloud kernel under qemu, for 802.1Q).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx ip || need_pkgs+=(busybox-static)
+command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v socat >/dev/null || need_pkgs+=(socat)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tests/run.sh: missing ${need_pkgs[*]}; run as root to install them" >&2
+    exit 2
+  fi
+  echo "tests/run.sh: installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust with rustup)" >&2; exit 2; }
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+start=$(date +%s)
+cargo test --all-targets -- --test-threads=2 "$@"
+echo "tests/run.sh: all tiers passed in $(( $(date +%s) - start )) s"

@@ -1,1 +1,3 @@
 //! vxcd: turns service keys and virtual cross connects into kernel state.
+
+pub mod domain;

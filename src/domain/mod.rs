@@ -1,0 +1,19 @@
+//! The pure domain core: service keys, VXCs, ports, VLAN allocation and every rule of
+//! `shared/domain.md`. No I/O: the daemon asks the model what a request would change, programs the
+//! kernel and persists, then commits.
+
+mod error;
+mod ids;
+mod model;
+mod vlan;
+
+pub use error::{Holder, RuleError};
+pub use ids::{KeyId, PortName, VxcId, MAX_ID_LEN};
+pub use model::{
+    AEnd, AEndRequest, BEnd, Change, KeyRequest, Model, PortUsage, ServiceKey, Vxc, VxcPlan,
+    VxcRequest, MAX_TEXT_LEN,
+};
+pub use vlan::{Vlan, VlanSet, VLAN_MAX, VLAN_MIN};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,731 @@
+//! Keys, VXCs and ports, and every rule that binds them. Checks are pure: `plan_*` looks at the
+//! model and returns what would change (or the rule that refuses it) without changing anything;
+//! `commit_*` applies a plan that was accepted. The daemon programs the kernel and writes the state
+//! file between the two, so a refused or failed request leaves the model exactly as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{Holder, KeyId, PortName, RuleError, Vlan, VlanSet, VxcId};
+
+/// Longest description, name and service level reference.
+pub const MAX_TEXT_LEN: usize = 255;
+
+/// A stored service key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceKey {
+    #[serde(rename = "key")]
+    pub id: KeyId,
+    pub port: PortName,
+    pub description: String,
+    pub single_use: bool,
+    pub max_speed_mbps: u32,
+    /// The B-End VLAN of a single-use key; `None` for multi-use keys.
+    pub vlan: Option<Vlan>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub valid_from: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub valid_until: Option<OffsetDateTime>,
+    pub active: bool,
+    /// The VXC that used up a single-use key; stays set after that VXC is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_by: Option<VxcId>,
+}
+
+/// `key.put`'s argument, as sent. Numbers are wide so that out-of-range values reach the rule that
+/// names them (`vlan_invalid`, `rate_invalid`) instead of a generic parse error.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    pub key: String,
+    pub port: String,
+    #[serde(default)]
+    pub description: String,
+    pub single_use: bool,
+    pub max_speed_mbps: i64,
+    #[serde(default)]
+    pub vlan: Option<i64>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub valid_from: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub valid_until: Option<OffsetDateTime>,
+    #[serde(default = "default_active")]
+    pub active: bool,
+}
+
+fn default_active() -> bool {
+    true
+}
+
+/// The A-End of a stored VXC: its port and VLAN, `None` when untagged (the whole port).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AEnd {
+    pub port: PortName,
+    pub vlan: Option<Vlan>,
+}
+
+/// The B-End of a stored VXC: always tagged, on the key's port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BEnd {
+    pub port: PortName,
+    pub vlan: Vlan,
+}
+
+/// A stored VXC with its effective ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vxc {
+    pub id: VxcId,
+    pub name: String,
+    pub service_key: KeyId,
+    pub rate_mbps: u32,
+    #[serde(default)]
+    pub service_level_ref: Option<String>,
+    pub a_end: AEnd,
+    pub b_end: BEnd,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `vxc.put`'s argument, as sent.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxcRequest {
+    pub id: String,
+    pub name: String,
+    pub service_key: String,
+    pub rate_mbps: i64,
+    pub a_end: AEndRequest,
+    #[serde(default)]
+    pub service_level_ref: Option<String>,
+}
+
+/// The A-End as asked for: a port, and a VLAN (omitted: assign one) or `untagged: true`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AEndRequest {
+    pub port: String,
+    #[serde(default)]
+    pub vlan: Option<i64>,
+    #[serde(default)]
+    pub untagged: bool,
+}
+
+/// What a put would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change<T> {
+    /// Identical to what is stored: nothing to write, nothing to program.
+    Unchanged(T),
+    Created(T),
+    Updated {
+        before: T,
+        after: T,
+    },
+}
+
+impl<T> Change<T> {
+    /// The object as it is after the change.
+    pub fn after(&self) -> &T {
+        match self {
+            Change::Unchanged(t) | Change::Created(t) => t,
+            Change::Updated { after, .. } => after,
+        }
+    }
+}
+
+/// What `vxc.put` would do: the VXC change, and the key as it becomes when a single-use key is
+/// used up by a new VXC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxcPlan {
+    pub change: Change<Vxc>,
+    pub key_after: Option<ServiceKey>,
+}
+
+/// One port's VLAN and VXC bookkeeping.
+#[derive(Clone, Debug, Default)]
+struct PortState {
+    /// False for a port that the state mentions but the config no longer has.
+    configured: bool,
+    taken: VlanSet,
+    holders: HashMap<Vlan, Holder>,
+    untagged: Option<VxcId>,
+    /// VXCs with an end on this port.
+    vxcs: BTreeSet<VxcId>,
+}
+
+/// A port as operators see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortUsage {
+    pub name: PortName,
+    pub configured: bool,
+    /// VLANs in use by VXC ends or reserved by single-use keys, ascending.
+    pub vlans: Vec<Vlan>,
+    pub untagged_vxc: Option<VxcId>,
+    /// False while an untagged VXC takes the whole port.
+    pub accepting: bool,
+}
+
+/// The whole model: ports from the config, keys and VXCs from the state.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    ports: BTreeMap<PortName, PortState>,
+    keys: BTreeMap<KeyId, ServiceKey>,
+    vxcs: BTreeMap<VxcId, Vxc>,
+    /// Live VXCs built from each key.
+    key_users: HashMap<KeyId, BTreeSet<VxcId>>,
+}
+
+fn text(field: &str, value: &str, min: usize) -> Result<(), RuleError> {
+    let len = value.chars().count();
+    if len < min || len > MAX_TEXT_LEN {
+        return Err(RuleError::BadRequest(format!(
+            "{field} must be {min} to {MAX_TEXT_LEN} characters, got {len}"
+        )));
+    }
+    Ok(())
+}
+
+fn rate(field: &'static str, value: i64) -> Result<u32, RuleError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|r| *r >= 1)
+        .ok_or(RuleError::RateInvalid { field, value })
+}
+
+fn vlan_in_range(what: &str, raw: i64) -> Result<Vlan, RuleError> {
+    Vlan::new(raw).ok_or_else(|| {
+        RuleError::VlanInvalid(format!(
+            "{what} {raw} is outside 2..=4093 (1, 4094 and 4095 are reserved)"
+        ))
+    })
+}
+
+impl Model {
+    /// An empty model with the configured ports.
+    pub fn new(ports: impl IntoIterator<Item = PortName>) -> Self {
+        let ports = ports
+            .into_iter()
+            .map(|p| {
+                let state = PortState {
+                    configured: true,
+                    ..PortState::default()
+                };
+                (p, state)
+            })
+            .collect();
+        Model {
+            ports,
+            ..Model::default()
+        }
+    }
+
+    /// Rebuilds a model from stored keys and VXCs. Objects on ports that the config no longer has
+    /// are kept (nothing acknowledged is dropped) on unconfigured ports. Two objects that claim
+    /// the same VLAN, or a VXC whose key is missing, make the state inconsistent: refused, naming both.
+    pub fn restore(
+        ports: impl IntoIterator<Item = PortName>,
+        keys: impl IntoIterator<Item = ServiceKey>,
+        vxcs: impl IntoIterator<Item = Vxc>,
+    ) -> Result<Self, String> {
+        let mut model = Model::new(ports);
+        for key in keys {
+            model.port_mut(&key.port);
+            if let (true, Some(vlan), None) = (key.single_use, key.vlan, &key.redeemed_by) {
+                model.claim(&key.port, vlan, Holder::Key(key.id.clone()))?;
+            }
+            model.keys.insert(key.id.clone(), key);
+        }
+        for vxc in vxcs {
+            if !model.keys.contains_key(&vxc.service_key) {
+                return Err(format!(
+                    "VXC {} refers to service key {}, which the state does not hold",
+                    vxc.id, vxc.service_key
+                ));
+            }
+            if let Some(vlan) = vxc.a_end.vlan {
+                model.claim(&vxc.a_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
+            } else if let Some(other) = model.port_mut(&vxc.a_end.port).untagged.clone() {
+                return Err(format!(
+                    "VXCs {other} and {} both claim port {} untagged",
+                    vxc.id, vxc.a_end.port
+                ));
+            }
+            model.claim(&vxc.b_end.port, vxc.b_end.vlan, Holder::Vxc(vxc.id.clone()))?;
+            model.index_vxc(&vxc);
+            model.vxcs.insert(vxc.id.clone(), vxc);
+        }
+        Ok(model)
+    }
+
+    fn port_mut(&mut self, port: &PortName) -> &mut PortState {
+        self.ports.entry(port.clone()).or_default()
+    }
+
+    fn claim(&mut self, port: &PortName, vlan: Vlan, holder: Holder) -> Result<(), String> {
+        let state = self.port_mut(port);
+        if let Some(other) = state.holders.get(&vlan) {
+            return Err(format!(
+                "VLAN {vlan} on port {port} is claimed twice: {other} and {holder}"
+            ));
+        }
+        state.taken.insert(vlan);
+        state.holders.insert(vlan, holder);
+        Ok(())
+    }
+
+    /// Records a VXC's port memberships and key use; its VLANs are claimed by the caller.
+    fn index_vxc(&mut self, vxc: &Vxc) {
+        let a = self.port_mut(&vxc.a_end.port);
+        a.vxcs.insert(vxc.id.clone());
+        if vxc.a_end.vlan.is_none() {
+            a.untagged = Some(vxc.id.clone());
+        }
+        self.port_mut(&vxc.b_end.port).vxcs.insert(vxc.id.clone());
+        self.key_users
+            .entry(vxc.service_key.clone())
+            .or_default()
+            .insert(vxc.id.clone());
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.keys.values()
+    }
+
+    pub fn key(&self, id: &str) -> Option<&ServiceKey> {
+        KeyId::parse("key", id).ok().and_then(|k| self.keys.get(&k))
+    }
+
+    pub fn vxcs(&self) -> impl Iterator<Item = &Vxc> {
+        self.vxcs.values()
+    }
+
+    pub fn vxc(&self, id: &str) -> Option<&Vxc> {
+        VxcId::parse("id", id).ok().and_then(|v| self.vxcs.get(&v))
+    }
+
+    /// The live VXCs built from a key, in id order.
+    pub fn key_users(&self, key: &KeyId) -> Vec<VxcId> {
+        self.key_users
+            .get(key)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = PortUsage> + '_ {
+        self.ports.iter().map(|(name, state)| PortUsage {
+            name: name.clone(),
+            configured: state.configured,
+            vlans: state
+                .holders
+                .keys()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+            untagged_vxc: state.untagged.clone(),
+            accepting: state.untagged.is_none(),
+        })
+    }
+
+    fn configured_port(&self, field: &str, raw: &str) -> Result<(PortName, &PortState), RuleError> {
+        let port = PortName::parse(field, raw)?;
+        match self.ports.get(&port) {
+            Some(state) if state.configured => Ok((port, state)),
+            _ => Err(RuleError::UnknownPort {
+                port: raw.to_owned(),
+            }),
+        }
+    }
+
+    fn untagged_busy(&self, port: &PortName) -> Result<(), RuleError> {
+        match self.ports.get(port).and_then(|s| s.untagged.as_ref()) {
+            Some(vxc) => Err(RuleError::PortUntaggedBusy {
+                port: port.clone(),
+                vxc: vxc.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Why a key cannot be redeemed right now, or `None` when it can.
+    pub fn key_refusal(&self, key: &ServiceKey, now: OffsetDateTime) -> Option<RuleError> {
+        if !key.active {
+            return Some(RuleError::KeyInactive {
+                key: key.id.clone(),
+            });
+        }
+        if let Some(valid_from) = key.valid_from.filter(|from| now < *from) {
+            return Some(RuleError::KeyNotYetValid {
+                key: key.id.clone(),
+                valid_from,
+            });
+        }
+        if let Some(valid_until) = key.valid_until.filter(|until| now >= *until) {
+            return Some(RuleError::KeyExpired {
+                key: key.id.clone(),
+                valid_until,
+            });
+        }
+        if let (true, Some(by)) = (key.single_use, &key.redeemed_by) {
+            return Some(RuleError::KeyUsed {
+                key: key.id.clone(),
+                by: by.clone(),
+            });
+        }
+        self.untagged_busy(&key.port).err()
+    }
+
+    /// Checks a `key.put`. An existing key may change only `active` and the validity window.
+    pub fn plan_key(&self, req: &KeyRequest) -> Result<Change<ServiceKey>, RuleError> {
+        let id = KeyId::parse("key", &req.key)?;
+        let port = PortName::parse("port", &req.port)?;
+        text("description", &req.description, 0)?;
+        let max_speed_mbps = rate("max_speed_mbps", req.max_speed_mbps)?;
+        let vlan = match (req.single_use, req.vlan) {
+            (true, None) => return Err(RuleError::VlanRequired { key: id }),
+            (true, Some(raw)) => Some(vlan_in_range("B-End vlan", raw)?),
+            (false, Some(raw)) => {
+                return Err(RuleError::VlanInvalid(format!(
+                    "multi-use service key {id} cannot carry a vlan ({raw}): B-End VLANs of a \
+                     multi-use key are assigned on port {port} for each VXC"
+                )))
+            }
+            (false, None) => None,
+        };
+        if let (Some(from), Some(until)) = (req.valid_from, req.valid_until) {
+            if from >= until {
+                return Err(RuleError::BadRequest(format!(
+                    "service key {id}: valid_from {from} is not before valid_until {until}"
+                )));
+            }
+        }
+        let wanted = ServiceKey {
+            id: id.clone(),
+            port,
+            description: req.description.clone(),
+            single_use: req.single_use,
+            max_speed_mbps,
+            vlan,
+            valid_from: req.valid_from,
+            valid_until: req.valid_until,
+            active: req.active,
+            redeemed_by: None,
+        };
+        if let Some(existing) = self.keys.get(&id) {
+            let object = format!("service key {id}");
+            let immutable = [
+                ("port", existing.port != wanted.port),
+                ("single_use", existing.single_use != wanted.single_use),
+                (
+                    "max_speed_mbps",
+                    existing.max_speed_mbps != wanted.max_speed_mbps,
+                ),
+                ("vlan", existing.vlan != wanted.vlan),
+                ("description", existing.description != wanted.description),
+            ];
+            if let Some((field, _)) = immutable.into_iter().find(|(_, differs)| *differs) {
+                return Err(RuleError::ImmutableField { object, field });
+            }
+            let after = ServiceKey {
+                redeemed_by: existing.redeemed_by.clone(),
+                ..wanted
+            };
+            return Ok(if &after == existing {
+                Change::Unchanged(after)
+            } else {
+                Change::Updated {
+                    before: existing.clone(),
+                    after,
+                }
+            });
+        }
+        let (port, state) = self.configured_port("port", &req.port)?;
+        self.untagged_busy(&port)?;
+        if let Some(vlan) = vlan {
+            if let Some(holder) = state.holders.get(&vlan) {
+                return Err(RuleError::VlanInUse {
+                    port,
+                    vlan,
+                    held_by: holder.clone(),
+                    next_available: state.taken.next_available(vlan),
+                });
+            }
+        }
+        Ok(Change::Created(wanted))
+    }
+
+    /// Applies an accepted key plan.
+    pub fn commit_key(&mut self, change: Change<ServiceKey>) {
+        match change {
+            Change::Unchanged(_) => {}
+            Change::Created(key) => {
+                if let (true, Some(vlan)) = (key.single_use, key.vlan) {
+                    let state = self.port_mut(&key.port);
+                    state.taken.insert(vlan);
+                    state.holders.insert(vlan, Holder::Key(key.id.clone()));
+                }
+                self.keys.insert(key.id.clone(), key);
+            }
+            Change::Updated { after, .. } => {
+                self.keys.insert(after.id.clone(), after);
+            }
+        }
+    }
+
+    /// Checks a `vxc.put` (and answers `vxc.plan`). A new id redeems the key; an existing id may
+    /// change only `name`, `service_level_ref` and `rate_mbps`.
+    pub fn plan_vxc(&self, req: &VxcRequest, now: OffsetDateTime) -> Result<VxcPlan, RuleError> {
+        let id = VxcId::parse("id", &req.id)?;
+        text("name", &req.name, 1)?;
+        if let Some(reference) = &req.service_level_ref {
+            text("service_level_ref", reference, 0)?;
+        }
+        let key_id = KeyId::parse("service_key", &req.service_key)?;
+        let a_port = PortName::parse("a_end.port", &req.a_end.port)?;
+        let rate_mbps = rate("rate_mbps", req.rate_mbps)?;
+        let a_vlan = match (req.a_end.untagged, req.a_end.vlan) {
+            (true, Some(raw)) => {
+                return Err(RuleError::VlanInvalid(format!(
+                    "A-End of VXC {id}: vlan {raw} given together with untagged; choose one"
+                )))
+            }
+            (true, None) => None,
+            (false, Some(raw)) => Some(vlan_in_range("A-End vlan", raw)?),
+            (false, None) => None,
+        };
+        match self.vxcs.get(&id) {
+            Some(existing) => {
+                self.plan_vxc_update(existing, req, &key_id, &a_port, a_vlan, rate_mbps)
+            }
+            None => self.plan_vxc_create(id, req, key_id, a_vlan, rate_mbps, now),
+        }
+    }
+
+    fn plan_vxc_update(
+        &self,
+        existing: &Vxc,
+        req: &VxcRequest,
+        key_id: &KeyId,
+        a_port: &PortName,
+        a_vlan: Option<Vlan>,
+        rate_mbps: u32,
+    ) -> Result<VxcPlan, RuleError> {
+        let untagged_now = existing.a_end.vlan.is_none();
+        let immutable = [
+            ("service_key", &existing.service_key != key_id),
+            ("a_end.port", &existing.a_end.port != a_port),
+            ("a_end.untagged", untagged_now != req.a_end.untagged),
+            // An omitted VLAN matches whatever was assigned.
+            (
+                "a_end.vlan",
+                a_vlan.is_some() && a_vlan != existing.a_end.vlan,
+            ),
+        ];
+        if let Some((field, _)) = immutable.into_iter().find(|(_, differs)| *differs) {
+            return Err(RuleError::ImmutableField {
+                object: format!("VXC {}", existing.id),
+                field,
+            });
+        }
+        self.check_rate_within_key(key_id, rate_mbps)?;
+        let after = Vxc {
+            name: req.name.clone(),
+            service_level_ref: req.service_level_ref.clone(),
+            rate_mbps,
+            ..existing.clone()
+        };
+        let change = if &after == existing {
+            Change::Unchanged(after)
+        } else {
+            Change::Updated {
+                before: existing.clone(),
+                after,
+            }
+        };
+        Ok(VxcPlan {
+            change,
+            key_after: None,
+        })
+    }
+
+    fn check_rate_within_key(
+        &self,
+        key_id: &KeyId,
+        rate_mbps: u32,
+    ) -> Result<&ServiceKey, RuleError> {
+        let key = self.keys.get(key_id).ok_or_else(|| RuleError::UnknownKey {
+            key: key_id.to_string(),
+        })?;
+        if rate_mbps > key.max_speed_mbps {
+            return Err(RuleError::RateExceedsKey {
+                key: key.id.clone(),
+                rate_mbps,
+                max_speed_mbps: key.max_speed_mbps,
+            });
+        }
+        Ok(key)
+    }
+
+    fn plan_vxc_create(
+        &self,
+        id: VxcId,
+        req: &VxcRequest,
+        key_id: KeyId,
+        a_vlan: Option<Vlan>,
+        rate_mbps: u32,
+        now: OffsetDateTime,
+    ) -> Result<VxcPlan, RuleError> {
+        let (a_port, a_state) = self.configured_port("a_end.port", &req.a_end.port)?;
+        let key = self
+            .keys
+            .get(&key_id)
+            .ok_or_else(|| RuleError::UnknownKey {
+                key: key_id.to_string(),
+            })?;
+        if let Some(refusal) = self.key_refusal(key, now) {
+            return Err(refusal);
+        }
+        self.untagged_busy(&a_port)?;
+        let untagged = req.a_end.untagged;
+        if untagged {
+            if !a_state.vxcs.is_empty() {
+                return Err(RuleError::PortNotEmpty {
+                    port: a_port,
+                    vxcs: a_state.vxcs.iter().cloned().collect(),
+                });
+            }
+            if a_port == key.port {
+                return Err(RuleError::VlanInvalid(format!(
+                    "A-End port {a_port} is also the B-End port of service key {key_id}: an \
+                     untagged A-End cannot share its port with a tagged B-End"
+                )));
+            }
+        }
+        self.check_rate_within_key(&key_id, rate_mbps)?;
+
+        let a_end_vlan = match (untagged, a_vlan) {
+            (true, _) => None,
+            (false, Some(vlan)) => match a_state.holders.get(&vlan) {
+                Some(holder) => {
+                    return Err(RuleError::VlanInUse {
+                        port: a_port,
+                        vlan,
+                        held_by: holder.clone(),
+                        next_available: a_state.taken.next_available(vlan),
+                    })
+                }
+                None => Some(vlan),
+            },
+            (false, None) => {
+                Some(
+                    a_state
+                        .taken
+                        .first_free()
+                        .ok_or_else(|| RuleError::NoFreeVlan {
+                            port: a_port.clone(),
+                        })?,
+                )
+            }
+        };
+        let b_vlan = match key.vlan {
+            Some(reserved) if key.single_use => reserved,
+            _ => {
+                let b_state = self.ports.get(&key.port);
+                let mut taken = b_state.map(|s| s.taken.clone()).unwrap_or_default();
+                if let (true, Some(a)) = (a_port == key.port, a_end_vlan) {
+                    taken.insert(a);
+                }
+                taken.first_free().ok_or_else(|| RuleError::NoFreeVlan {
+                    port: key.port.clone(),
+                })?
+            }
+        };
+        let vxc = Vxc {
+            id: id.clone(),
+            name: req.name.clone(),
+            service_key: key_id,
+            rate_mbps,
+            service_level_ref: req.service_level_ref.clone(),
+            a_end: AEnd {
+                port: a_port,
+                vlan: a_end_vlan,
+            },
+            b_end: BEnd {
+                port: key.port.clone(),
+                vlan: b_vlan,
+            },
+            created_at: now,
+        };
+        let key_after = key.single_use.then(|| ServiceKey {
+            redeemed_by: Some(id),
+            ..key.clone()
+        });
+        Ok(VxcPlan {
+            change: Change::Created(vxc),
+            key_after,
+        })
+    }
+
+    /// Applies an accepted VXC plan.
+    pub fn commit_vxc(&mut self, plan: VxcPlan) {
+        if let Some(key) = plan.key_after {
+            self.keys.insert(key.id.clone(), key);
+        }
+        match plan.change {
+            Change::Unchanged(_) => {}
+            Change::Created(vxc) => {
+                let holder = Holder::Vxc(vxc.id.clone());
+                if let Some(vlan) = vxc.a_end.vlan {
+                    let a = self.port_mut(&vxc.a_end.port);
+                    a.taken.insert(vlan);
+                    a.holders.insert(vlan, holder.clone());
+                }
+                // For a single-use key this replaces the key's reservation by the VXC.
+                let b = self.port_mut(&vxc.b_end.port);
+                b.taken.insert(vxc.b_end.vlan);
+                b.holders.insert(vxc.b_end.vlan, holder);
+                self.index_vxc(&vxc);
+                self.vxcs.insert(vxc.id.clone(), vxc);
+            }
+            Change::Updated { after, .. } => {
+                self.vxcs.insert(after.id.clone(), after);
+            }
+        }
+    }
+
+    /// Checks a `vxc.delete`: the VXC that would go.
+    pub fn plan_delete_vxc(&self, id: &str) -> Result<&Vxc, RuleError> {
+        self.vxc(id).ok_or_else(|| RuleError::NotFound {
+            what: "VXC",
+            id: id.to_owned(),
+        })
+    }
+
+    /// Removes a VXC and frees its VLANs. A single-use key stays used.
+    pub fn commit_delete_vxc(&mut self, id: &VxcId) -> Option<Vxc> {
+        let vxc = self.vxcs.remove(id)?;
+        if let Some(a) = self.ports.get_mut(&vxc.a_end.port) {
+            if let Some(vlan) = vxc.a_end.vlan {
+                a.taken.remove(vlan);
+                a.holders.remove(&vlan);
+            } else {
+                a.untagged = None;
+            }
+            a.vxcs.remove(id);
+        }
+        if let Some(b) = self.ports.get_mut(&vxc.b_end.port) {
+            b.taken.remove(vxc.b_end.vlan);
+            b.holders.remove(&vxc.b_end.vlan);
+            b.vxcs.remove(id);
+        }
+        if let Some(users) = self.key_users.get_mut(&vxc.service_key) {
+            users.remove(id);
+        }
+        Some(vxc)
+    }
+}

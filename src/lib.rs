@@ -1,3 +1,5 @@
 //! vxcd: turns service keys and virtual cross connects into kernel state.
 
+pub mod config;
 pub mod domain;
+pub mod protocol;

@@ -1,0 +1,385 @@
+//! `vxcd.toml`: where the socket and the state live, who may change things, how shaping and
+//! reconciliation behave, and the ports. Unknown keys and invalid values are refused with the file,
+//! the line and the key, so a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::PortName;
+
+/// Longest Linux interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME: usize = 15;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub shaping: ShapingConfig,
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+    #[serde(default, rename = "port")]
+    pub ports: Vec<PortConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The Unix socket the control plane and vxcctl connect to.
+    pub socket: PathBuf,
+    /// Permission bits of the socket, as an octal string ("0660").
+    pub mode: Spanned<String>,
+    /// Group owning the socket (None: the daemon's group).
+    pub group: Option<Spanned<String>>,
+    /// Users (names or numeric uids) allowed to change state besides root.
+    pub writers: Vec<Spanned<String>>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from("/run/vxcd/control.sock"),
+            mode: Spanned::new(0..0, "0660".to_owned()),
+            group: None,
+            writers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the snapshot and journal (see `store`).
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            dir: PathBuf::from("/var/lib/vxcd"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Seconds between full checks of the kernel against the state.
+    pub interval_s: u64,
+    /// Repair drift (true) or only report it (false: observe-only, for maintenance and tests).
+    pub repair: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval_s: 30,
+            repair: true,
+        }
+    }
+}
+
+/// Burst policy of the TBF shapers: burst = max(rate x burst_us, min_burst_bytes);
+/// queue limit = rate x latency_ms + burst (as iproute2 computes it).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShapingConfig {
+    pub burst_us: u32,
+    pub min_burst_bytes: u32,
+    pub latency_ms: u32,
+}
+
+impl Default for ShapingConfig {
+    fn default() -> Self {
+        ShapingConfig {
+            burst_us: 2000,
+            min_burst_bytes: 15140,
+            latency_ms: 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneSection {
+    /// Interface group (IFLA_GROUP) that marks the links vxcd owns.
+    pub owner_group: u32,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        // "vx" in ASCII: recognisable in `ip -d link` output, far from the default group 0.
+        DataplaneSection {
+            owner_group: 0x7678,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// The port name used in keys and VXCs.
+    pub name: Spanned<String>,
+    /// The kernel interface.
+    pub interface: Spanned<String>,
+}
+
+/// A configured port after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub name: PortName,
+    pub interface: String,
+}
+
+/// A config that cannot be used: the file, and a message naming line and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The socket's access settings, resolved to numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub mode: u32,
+    pub gid: Option<u32>,
+    /// Uids besides root that may change state.
+    pub writer_uids: Vec<u32>,
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Config, ConfigError> {
+        let fail = |message: String| ConfigError {
+            path: origin.to_owned(),
+            message,
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| fail(e.to_string().trim_end().to_owned()))?;
+        let at = |span: std::ops::Range<usize>, key: &str, why: String| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            fail(format!("line {line}, key {key}: {why}"))
+        };
+        let mut names = std::collections::HashSet::new();
+        let mut interfaces = std::collections::HashSet::new();
+        for port in &config.ports {
+            PortName::parse("port.name", port.name.get_ref())
+                .map_err(|e| at(port.name.span(), "port.name", e.to_string()))?;
+            if !names.insert(port.name.get_ref().clone()) {
+                return Err(at(
+                    port.name.span(),
+                    "port.name",
+                    format!("port {} is configured twice", port.name.get_ref()),
+                ));
+            }
+            check_ifname(port.interface.get_ref())
+                .map_err(|why| at(port.interface.span(), "port.interface", why))?;
+            if !interfaces.insert(port.interface.get_ref().clone()) {
+                return Err(at(
+                    port.interface.span(),
+                    "port.interface",
+                    format!(
+                        "interface {} is given to two ports",
+                        port.interface.get_ref()
+                    ),
+                ));
+            }
+        }
+        parse_mode(config.control.mode.get_ref())
+            .map_err(|why| at(config.control.mode.span(), "control.mode", why))?;
+        if config.reconcile.interval_s == 0 {
+            return Err(fail("key reconcile.interval_s: must be at least 1".into()));
+        }
+        Ok(config)
+    }
+
+    /// The validated ports.
+    pub fn ports(&self) -> Vec<Port> {
+        self.ports
+            .iter()
+            .filter_map(|p| {
+                Some(Port {
+                    name: PortName::parse("port.name", p.name.get_ref()).ok()?,
+                    interface: p.interface.get_ref().clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Resolves the socket mode, group and writers against the system's user database.
+    pub fn access(&self) -> Result<Access, String> {
+        let mode = parse_mode(self.control.mode.get_ref())?;
+        let gid = match &self.control.group {
+            None => None,
+            Some(name) => Some(resolve_group(name.get_ref())?),
+        };
+        let writer_uids = self
+            .control
+            .writers
+            .iter()
+            .map(|w| resolve_user(w.get_ref()))
+            .collect::<Result<_, _>>()?;
+        Ok(Access {
+            mode,
+            gid,
+            writer_uids,
+        })
+    }
+}
+
+fn check_ifname(name: &str) -> Result<(), String> {
+    let bad_char = name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if name.is_empty() || name.len() > MAX_IFNAME || bad_char || name == "." || name == ".." {
+        return Err(format!(
+            "{name:?} is not a Linux interface name (1 to {MAX_IFNAME} bytes, no '/', ':' or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+fn parse_mode(raw: &str) -> Result<u32, String> {
+    u32::from_str_radix(raw.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{raw:?} is not an octal permission mode such as \"0660\""))
+}
+
+fn resolve_user(raw: &str) -> Result<u32, String> {
+    if let Ok(uid) = raw.parse::<u32>() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(raw) {
+        Ok(Some(user)) => Ok(user.uid.as_raw()),
+        Ok(None) => Err(format!(
+            "control.writers: no user named {raw:?} on this host"
+        )),
+        Err(e) => Err(format!("control.writers: looking up user {raw:?}: {e}")),
+    }
+}
+
+fn resolve_group(raw: &str) -> Result<u32, String> {
+    if let Ok(gid) = raw.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(raw) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!(
+            "control.group: no group named {raw:?} on this host"
+        )),
+        Err(e) => Err(format!("control.group: looking up group {raw:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+[control]
+socket = "/tmp/x.sock"
+mode = "0600"
+writers = ["0", "1000"]
+
+[[port]]
+name = "syd-1"
+interface = "eth1"
+
+[[port]]
+name = "syd-2"
+interface = "eth2"
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let config = Config::parse("t.toml", SAMPLE).unwrap();
+        assert_eq!(config.control.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(config.ports().len(), 2);
+        assert_eq!(config.ports()[1].interface, "eth2");
+        let access = config.access().unwrap();
+        assert_eq!(access.mode, 0o600);
+        assert_eq!(access.writer_uids, vec![0, 1000]);
+        assert_eq!(config.reconcile.interval_s, 30);
+        assert!(config.reconcile.repair);
+    }
+
+    #[test]
+    fn the_shipped_default_config_parses() {
+        let text = include_str!("../config/vxcd.toml");
+        let config = Config::parse("config/vxcd.toml", text).unwrap();
+        assert_eq!(
+            config.control.socket,
+            PathBuf::from("/run/vxcd/control.sock")
+        );
+        assert_eq!(config.state.dir, PathBuf::from("/var/lib/vxcd"));
+        assert!(!config.ports().is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[control]\nsocket = \"/x\"\n\n[reconcile]\nintervall_s = 5\n";
+        let err = Config::parse("/etc/vxcd.toml", text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/etc/vxcd.toml: "), "{err}");
+        assert!(err.contains("line 5"), "{err}");
+        assert!(err.contains("intervall_s"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_line_and_key() {
+        let cases = [
+            ("[[port]]\nname = \"syd 1\"\ninterface = \"eth1\"\n", "line 2, key port.name"),
+            (
+                "[[port]]\nname = \"a\"\ninterface = \"much-too-long-name0\"\n",
+                "line 3, key port.interface",
+            ),
+            (
+                "[[port]]\nname = \"a\"\ninterface = \"eth1\"\n[[port]]\nname = \"a\"\ninterface = \"eth2\"\n",
+                "line 5, key port.name",
+            ),
+            (
+                "[[port]]\nname = \"a\"\ninterface = \"eth1\"\n[[port]]\nname = \"b\"\ninterface = \"eth1\"\n",
+                "line 6, key port.interface",
+            ),
+            ("[control]\nmode = \"rw\"\n", "line 2, key control.mode"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse("c.toml", text).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let err = Config::parse("c.toml", "[reconcile]\ninterval_s = \"often\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("interval_s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_writer_is_named() {
+        let config =
+            Config::parse("c.toml", "[control]\nwriters = [\"no-such-user-vxcd\"]\n").unwrap();
+        let err = config.access().unwrap_err();
+        assert!(err.contains("no-such-user-vxcd"), "{err}");
+    }
+}

@@ -1,0 +1,402 @@
+//! Control protocol, version 1: one JSON object per line each way over a Unix stream socket.
+//!
+//! Request: `{"id": <any, optional, echoed>, "op": "<op>", ...arguments}`; unknown fields are refused.
+//! Success: `{"id": ..., "ok": true, "result": {...}}`.
+//! Failure: `{"id": ..., "ok": false, "error": {"code": "...", "message": "...", ...details}}`.
+//! This module holds the wire shapes only: parsing requests, the views the daemon answers with, and
+//! the rendering of failures. The rules live in [`crate::domain`], the behaviour in the server.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::domain::{KeyRequest, RuleError, VxcRequest};
+
+/// The protocol version `hello` announces.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line, newline excluded.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Every operation with its arguments.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "op", deny_unknown_fields)]
+pub enum Op {
+    #[serde(rename = "hello")]
+    Hello {},
+    #[serde(rename = "status")]
+    Status {},
+    #[serde(rename = "port.list")]
+    PortList {},
+    #[serde(rename = "key.put")]
+    KeyPut { key: KeyRequest },
+    #[serde(rename = "key.get")]
+    KeyGet { key: String },
+    #[serde(rename = "key.list")]
+    KeyList {},
+    #[serde(rename = "key.delete")]
+    KeyDelete { key: String },
+    #[serde(rename = "vxc.put")]
+    VxcPut { vxc: VxcRequest },
+    #[serde(rename = "vxc.plan")]
+    VxcPlan { vxc: VxcRequest },
+    #[serde(rename = "vxc.get")]
+    VxcGet { id: String },
+    #[serde(rename = "vxc.list")]
+    VxcList {},
+    #[serde(rename = "vxc.delete")]
+    VxcDelete { id: String },
+}
+
+/// The operation names, for `unknown_op` and for clients.
+pub const OPS: &[&str] = &[
+    "hello",
+    "status",
+    "port.list",
+    "key.put",
+    "key.get",
+    "key.list",
+    "key.delete",
+    "vxc.put",
+    "vxc.plan",
+    "vxc.get",
+    "vxc.list",
+    "vxc.delete",
+];
+
+impl Op {
+    /// Whether the operation changes state (and so needs a writer).
+    pub fn is_change(&self) -> bool {
+        matches!(
+            self,
+            Op::KeyPut { .. } | Op::KeyDelete { .. } | Op::VxcPut { .. } | Op::VxcDelete { .. }
+        )
+    }
+}
+
+/// A parsed request line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub id: Value,
+    pub op: Op,
+}
+
+/// A refused request: the code, a sentence naming object and cause, and the code's details.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Failure {
+    pub code: &'static str,
+    pub message: String,
+    pub details: Map<String, Value>,
+}
+
+impl Failure {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            details: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, field: &str, value: impl Serialize) -> Self {
+        self.details.insert(
+            field.to_owned(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Failure::new("bad_request", message)
+    }
+
+    pub fn too_large() -> Self {
+        Failure::new(
+            "too_large",
+            format!("request line is longer than {MAX_LINE} bytes; closing the connection"),
+        )
+    }
+
+    /// The kernel refused; `message` carries the kernel's error.
+    pub fn dataplane(message: impl Into<String>) -> Self {
+        Failure::new("dataplane", message)
+    }
+
+    /// Something on this host (the state file, the engine) failed; not the request's fault.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Failure::new("internal", message)
+    }
+}
+
+impl From<RuleError> for Failure {
+    fn from(err: RuleError) -> Self {
+        let failure = Failure::new(err.code(), err.to_string());
+        match err {
+            RuleError::ImmutableField { field, .. } => failure.with("field", field),
+            RuleError::VlanInUse {
+                port,
+                vlan,
+                held_by,
+                next_available,
+            } => failure
+                .with("port", port)
+                .with("vlan", vlan)
+                .with("held_by", held_by.id())
+                .with("held_by_kind", held_by.kind())
+                .with("next_available", next_available),
+            RuleError::NoFreeVlan { port } => failure
+                .with("port", port)
+                .with("vlan", Value::Null)
+                .with("held_by", Value::Null)
+                .with("next_available", Value::Null),
+            RuleError::PortUntaggedBusy { port, vxc } => {
+                failure.with("port", port).with("vxc", vxc)
+            }
+            RuleError::PortNotEmpty { port, vxcs } => failure.with("port", port).with("vxcs", vxcs),
+            RuleError::RateExceedsKey { max_speed_mbps, .. } => {
+                failure.with("max_speed_mbps", max_speed_mbps)
+            }
+            RuleError::KeyUsed { by, .. } => failure.with("used_by", by),
+            _ => failure,
+        }
+    }
+}
+
+/// Parses one request line. A failure carries the request's id when it could be read, so the
+/// answer can still echo it.
+pub fn parse_request(line: &[u8]) -> Result<Request, (Value, Failure)> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            Failure::bad_request(format!("request is not valid JSON: {e}")),
+        )
+    })?;
+    let Value::Object(mut fields) = value else {
+        return Err((
+            Value::Null,
+            Failure::bad_request("request must be a JSON object"),
+        ));
+    };
+    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op_name = match fields.get("op") {
+        Some(Value::String(name)) => name.clone(),
+        Some(_) => return Err((id, Failure::bad_request("field op must be a string"))),
+        None => return Err((id, Failure::bad_request("missing field op"))),
+    };
+    if !OPS.contains(&op_name.as_str()) {
+        let failure = Failure::new(
+            "unknown_op",
+            format!("unknown operation {op_name:?}; known: {}", OPS.join(", ")),
+        )
+        .with("op", &op_name);
+        return Err((id, failure));
+    }
+    match Op::deserialize(Value::Object(fields)) {
+        Ok(op) => Ok(Request { id, op }),
+        Err(e) => Err((id, Failure::bad_request(format!("{op_name}: {e}")))),
+    }
+}
+
+/// The answer line for a success (without the newline).
+pub fn success_line(id: &Value, result: Value) -> String {
+    json!({"id": id, "ok": true, "result": result}).to_string()
+}
+
+/// The answer line for a failure (without the newline).
+pub fn failure_line(id: &Value, failure: &Failure) -> String {
+    let mut error = Map::new();
+    error.insert("code".into(), Value::from(failure.code));
+    error.insert("message".into(), Value::from(failure.message.clone()));
+    for (k, v) in &failure.details {
+        error.insert(k.clone(), v.clone());
+    }
+    json!({"id": id, "ok": false, "error": error}).to_string()
+}
+
+/// A key as answered: the stored fields plus who uses it and whether it can be redeemed now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyView {
+    pub key: String,
+    pub port: String,
+    pub description: String,
+    pub single_use: bool,
+    pub max_speed_mbps: u32,
+    pub vlan: Option<u16>,
+    pub valid_from: Option<String>,
+    pub valid_until: Option<String>,
+    pub active: bool,
+    pub used_by: Vec<String>,
+    pub redeemable: bool,
+    /// The error code a redemption would get now, or null.
+    pub reason: Option<String>,
+}
+
+/// A VXC end as answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndView {
+    pub port: String,
+    pub vlan: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untagged: Option<bool>,
+    /// The kernel interface that carries this end.
+    pub interface: Option<String>,
+}
+
+/// A VXC as answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VxcView {
+    pub id: String,
+    pub name: String,
+    pub service_key: String,
+    pub rate_mbps: u32,
+    pub service_level_ref: Option<String>,
+    pub a_end: EndView,
+    pub b_end: EndView,
+    /// `up`, `pending`, `failed`, or `planned` (vxc.plan).
+    pub state: String,
+    /// Why the VXC is pending or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    pub created_at: String,
+}
+
+/// A port as answered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PortView {
+    pub name: String,
+    pub interface: Option<String>,
+    pub present: bool,
+    pub vlans: Vec<u16>,
+    pub untagged_vxc: Option<String>,
+    pub accepting: bool,
+}
+
+/// `status`'s result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_s: u64,
+    pub ports: usize,
+    pub keys: usize,
+    pub vxcs: usize,
+    pub kernel: KernelView,
+    pub last_reconcile: Option<String>,
+    pub drift_repairs: u64,
+    /// VXCs per state, for the operator's first glance.
+    #[serde(default)]
+    pub vxc_states: std::collections::BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelView {
+    pub vlan_8021q: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Request, (Value, Failure)> {
+        parse_request(line.as_bytes())
+    }
+
+    #[test]
+    fn parses_every_op_and_echoes_any_id() {
+        let req = parse(r#"{"id": [1, "x"], "op": "hello"}"#).unwrap();
+        assert_eq!(req.id, json!([1, "x"]));
+        assert_eq!(req.op, Op::Hello {});
+        let req = parse(r#"{"op": "vxc.get", "id": 7}"#);
+        // "id" is the request id, so vxc.get's own argument is missing.
+        assert_eq!(req.unwrap_err().1.code, "bad_request");
+        let req = parse(
+            r#"{"op":"key.put","key":{"key":"k-1","port":"syd-1","single_use":true,"max_speed_mbps":100,"vlan":100}}"#,
+        )
+        .unwrap();
+        match req.op {
+            Op::KeyPut { key } => {
+                assert_eq!(key.vlan, Some(100));
+                assert!(key.active, "active defaults to true");
+                assert_eq!(key.description, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        for op in OPS {
+            let parsed = parse(&format!(r#"{{"op":"{op}"}}"#));
+            if let Err((_, failure)) = parsed {
+                assert_eq!(failure.code, "bad_request", "{op}: {}", failure.message);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_fields_at_every_level() {
+        for line in [
+            r#"{"op":"hello","extra":1}"#,
+            r#"{"op":"key.get","key":"k","x":1}"#,
+            r#"{"op":"key.put","key":{"key":"k","port":"p","single_use":false,"max_speed_mbps":1,"colour":"red"}}"#,
+            r#"{"op":"vxc.put","vxc":{"id":"v","name":"n","service_key":"k","rate_mbps":1,"a_end":{"port":"p","speed":1}}}"#,
+        ] {
+            let (_, failure) = parse(line).unwrap_err();
+            assert_eq!(failure.code, "bad_request", "{line}");
+            assert!(
+                failure.message.contains("unknown field"),
+                "{}",
+                failure.message
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_lines_are_bad_requests() {
+        for line in [
+            "",
+            "not json",
+            "[1,2]",
+            "42",
+            r#"{"op": 5}"#,
+            r#"{"id": 3}"#,
+        ] {
+            let (_, failure) = parse(line).unwrap_err();
+            assert_eq!(failure.code, "bad_request", "{line:?}");
+        }
+        let (id, failure) = parse(r#"{"id": "a", "op": 5}"#).unwrap_err();
+        assert_eq!(id, json!("a"), "the id is echoed even when the op is bad");
+        assert_eq!(failure.code, "bad_request");
+    }
+
+    #[test]
+    fn unknown_op_is_its_own_code() {
+        let (id, failure) = parse(r#"{"id":1,"op":"vxc.explode"}"#).unwrap_err();
+        assert_eq!(id, json!(1));
+        assert_eq!(failure.code, "unknown_op");
+        assert!(failure.message.contains("vxc.explode"));
+    }
+
+    #[test]
+    fn mistyped_fields_are_bad_requests() {
+        let (_, failure) = parse(
+            r#"{"op":"key.put","key":{"key":"k","port":"p","single_use":"yes","max_speed_mbps":1}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(failure.code, "bad_request");
+        let (_, failure) = parse(
+            r#"{"op":"key.put","key":{"key":"k","port":"p","single_use":false,"max_speed_mbps":1,"valid_from":"yesterday"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(failure.code, "bad_request");
+    }
+
+    #[test]
+    fn failure_lines_flatten_details() {
+        let failure = Failure::new("vlan_in_use", "VLAN 200 on port syd-1 is in use")
+            .with("port", "syd-1")
+            .with("next_available", 201);
+        let line = failure_line(&json!("r1"), &failure);
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            back,
+            json!({"id": "r1", "ok": false, "error": {"code": "vlan_in_use",
+                "message": "VLAN 200 on port syd-1 is in use", "port": "syd-1", "next_available": 201}})
+        );
+        let ok: Value = serde_json::from_str(&success_line(&Value::Null, json!({"a": 1}))).unwrap();
+        assert_eq!(ok, json!({"id": null, "ok": true, "result": {"a": 1}}));
+    }
+}

@@ -1,6 +1,16 @@
 //! vxcd: turns service keys and virtual cross connects into kernel state.
+//!
+//! Layers, from the inside out: `domain` (pure rules), `protocol` (wire shapes), `store`
+//! (durable state), `dataplane` (netlink: desired -> plan -> apply -> verify), `engine` (the one
+//! owner of model, store and dataplane), `reconcile` (drift repair), `server` (control socket),
+//! `config`, `logging`; the binaries `vxcd` and `vxcctl` are thin.
 
 pub mod config;
+pub mod dataplane;
 pub mod domain;
+pub mod engine;
 pub mod logging;
 pub mod protocol;
+pub mod reconcile;
+pub mod server;
+pub mod store;

@@ -1,0 +1,52 @@
+//! Keeps the kernel equal to the state while the daemon runs: a full check every
+//! `reconcile.interval_s`, and sooner when the kernel reports a link or tc change (a subinterface or
+//! shaper removed by hand, a port interface appearing or going away). Bursts of events are coalesced
+//! into one pass, so a storm of changes costs one O(state) pass per burst, not one per event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::server::Control;
+
+/// How long to wait for more events before running the pass they triggered.
+const SETTLE: Duration = Duration::from_millis(200);
+
+pub async fn run<E>(
+    control: Arc<Control>,
+    interval: Duration,
+    events: E,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    E: Stream + Unpin,
+{
+    let mut events = events;
+    let mut events_open = true;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await; // the first tick is immediate; startup already converged
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            event = events.next(), if events_open => {
+                if event.is_none() {
+                    log::warn!("kernel event stream ended; relying on the periodic check");
+                    events_open = false;
+                    continue;
+                }
+                // Coalesce the burst this event belongs to.
+                loop {
+                    match tokio::time::timeout(SETTLE, events.next()).await {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => { events_open = false; break; }
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+        control.engine.lock().await.reconcile().await;
+    }
+}

@@ -1,0 +1,268 @@
+//! Runs the real `vxcd` binary for a test: in a network namespace the test made, with its own
+//! config, state directory and socket, and readiness taken from the daemon's own sd_notify
+//! READY=1 (so tests never guess with sleeps).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace removed on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "vxt-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// Runs `ip -n NS args...`, panicking with its stderr on failure.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `ip -n NS args...` and returns whether it succeeded, with its stderr.
+    pub fn try_ip(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Adds a veth pair inside the namespace, both ends up.
+    pub fn veth(&self, a: &str, b: &str) {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+        self.ip(&["link", "set", a, "up"]);
+        self.ip(&["link", "set", b, "up"]);
+    }
+
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        let (ok, _) = self.try_ip(&["link", "show", name]);
+        if !ok {
+            return None;
+        }
+        let out = self.ip(&["-o", "link", "show", name]);
+        out.split(':').next()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running daemon and everything it owns for the test.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub netns: String,
+    stderr_path: PathBuf,
+}
+
+/// Config text for a test daemon; `ports` are (name, interface).
+pub fn config_text(dir: &Path, ports: &[(&str, &str)], extra: &str) -> String {
+    let mut text = format!(
+        "[control]\nsocket = \"{}\"\nmode = \"0666\"\nwriters = [\"4242\"]\n\n[state]\ndir = \"{}\"\n\n{extra}\n",
+        dir.join("control.sock").display(),
+        dir.join("state").display()
+    );
+    for (name, interface) in ports {
+        text.push_str(&format!(
+            "[[port]]\nname = \"{name}\"\ninterface = \"{interface}\"\n\n"
+        ));
+    }
+    text
+}
+
+impl Daemon {
+    /// Starts vxcd in `netns` with the given config text and waits for READY=1.
+    pub fn start(netns: &Netns, config: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("vxcd.toml");
+        std::fs::write(&config_path, config).expect("writing config");
+        let mut daemon = Daemon {
+            child: None,
+            socket: dir.path().join("control.sock"),
+            config: config_path,
+            netns: netns.name.clone(),
+            stderr_path: dir.path().join("stderr.log"),
+            dir,
+        };
+        daemon.restart();
+        daemon
+    }
+
+    /// Starts (again) with the same config and state; waits for READY=1.
+    pub fn restart(&mut self) {
+        let notify_path = self.dir.path().join(format!(
+            "notify-{}",
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let notify = UnixDatagram::bind(&notify_path).expect("binding notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, env!("CARGO_BIN_EXE_vxcd")])
+            .arg("--config")
+            .arg(&self.config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning vxcd");
+        self.child = Some(child);
+        let mut buf = [0u8; 4096];
+        loop {
+            match notify.recv(&mut buf) {
+                Ok(n) => {
+                    let msg = String::from_utf8_lossy(&buf[..n]);
+                    if msg.lines().any(|l| l == "READY=1") {
+                        break;
+                    }
+                }
+                Err(e) => panic!(
+                    "vxcd sent no READY=1 within 60 s ({e}); its log:\n{}",
+                    self.log()
+                ),
+            }
+        }
+        let _ = std::fs::remove_file(&notify_path);
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
+    /// One request on a fresh connection; returns the whole answer object.
+    pub fn call(&self, request: Value) -> Value {
+        self.client().call(request)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // `ip netns exec` execs vxcd in place, so the child's pid is the daemon's.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        child.wait().ok()?.code()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A line-protocol client on one connection.
+pub struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("writing request");
+    }
+
+    /// Reads one answer line; None at end of stream.
+    pub fn read_answer(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).expect("reading answer");
+        if n == 0 {
+            return None;
+        }
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}")))
+    }
+
+    pub fn call(&mut self, request: Value) -> Value {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.send_raw(line.as_bytes());
+        self.read_answer().expect("daemon closed the connection")
+    }
+}
+
+/// The `result` of a successful answer, or a panic naming the error.
+pub fn ok(answer: Value) -> Value {
+    assert_eq!(answer["ok"], json!(true), "expected success, got {answer}");
+    answer["result"].clone()
+}
+
+/// The `error` of a failed answer, asserting its code.
+pub fn err(answer: Value, code: &str) -> Value {
+    assert_eq!(answer["ok"], json!(false), "expected {code}, got {answer}");
+    assert_eq!(answer["error"]["code"], json!(code), "{answer}");
+    answer["error"].clone()
+}

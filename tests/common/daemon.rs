@@ -246,6 +246,18 @@ impl Client {
         Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("answer {line:?}: {e}")))
     }
 
+    /// Like `call`, but `None` when the connection breaks instead of a panic.
+    pub fn try_call(&mut self, request: Value) -> Option<Value> {
+        let mut line = request.to_string();
+        line.push('\n');
+        self.stream.write_all(line.as_bytes()).ok()?;
+        let mut answer = String::new();
+        match self.reader.read_line(&mut answer) {
+            Ok(n) if n > 0 => serde_json::from_str(&answer).ok(),
+            _ => None,
+        }
+    }
+
     pub fn call(&mut self, request: Value) -> Value {
         let mut line = request.to_string();
         line.push('\n');

@@ -1,0 +1,341 @@
+//! Host tier: the real daemon over its socket, in a namespace of the test's own, on this
+//! machine's kernel (no 802.1Q: VXCs either fail with the clear dataplane error, or stay pending
+//! on ports whose interface does not exist).
+
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use daemon::{config_text, err, ok, Daemon, Netns};
+use serde_json::{json, Value};
+
+fn single_use_key(id: &str, port: &str, vlan: u16) -> Value {
+    json!({"op": "key.put", "key": {"key": id, "port": port, "single_use": true,
+        "max_speed_mbps": 1000, "vlan": vlan, "description": "test"}})
+}
+
+fn multi_use_key(id: &str, port: &str) -> Value {
+    json!({"op": "key.put", "key": {"key": id, "port": port, "single_use": false, "max_speed_mbps": 500}})
+}
+
+fn vxc(id: &str, key: &str, a_port: &str, a_vlan: Option<u16>) -> Value {
+    let mut a_end = json!({"port": a_port});
+    if let Some(v) = a_vlan {
+        a_end["vlan"] = json!(v);
+    }
+    json!({"op": "vxc.put", "vxc": {"id": id, "name": format!("vxc {id}"), "service_key": key,
+        "rate_mbps": 100, "a_end": a_end}})
+}
+
+/// A daemon whose two ports have real (veth) interfaces.
+fn with_present_ports() -> (Netns, Daemon) {
+    let ns = Netns::new("hd");
+    ns.veth("p1", "p1x");
+    ns.veth("p2", "p2x");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &[("syd-1", "p1"), ("syd-2", "p2")], "");
+    drop(dir);
+    let d = Daemon::start(&ns, &text);
+    (ns, d)
+}
+
+/// A daemon whose ports name interfaces that do not exist (VXCs stay pending).
+fn with_absent_ports(ns: &Netns) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(dir.path(), &[("mel-1", "nope1"), ("mel-2", "nope2")], "");
+    drop(dir);
+    Daemon::start(ns, &text)
+}
+
+#[test]
+fn read_operations_answer() {
+    let (_ns, d) = with_present_ports();
+    let hello = ok(d.call(json!({"id": 1, "op": "hello"})));
+    assert_eq!(hello["protocol"], json!(1));
+    assert_eq!(hello["version"], json!(env!("CARGO_PKG_VERSION")));
+    let status = ok(d.call(json!({"op": "status"})));
+    assert_eq!(status["ports"], json!(2));
+    assert_eq!(status["keys"], json!(0));
+    assert_eq!(status["vxcs"], json!(0));
+    assert_eq!(status["kernel"]["vlan_8021q"], json!(false), "this host has no 802.1Q");
+    assert!(status["last_reconcile"].is_string(), "{status}");
+    let ports = ok(d.call(json!({"op": "port.list"})));
+    assert_eq!(
+        ports["ports"][0],
+        json!({"name": "syd-1", "interface": "p1", "present": true, "vlans": [],
+               "untagged_vxc": null, "accepting": true})
+    );
+    assert_eq!(ok(d.call(json!({"op": "key.list"})))["keys"], json!([]));
+    assert_eq!(ok(d.call(json!({"op": "vxc.list"})))["vxcs"], json!([]));
+    let answer = d.call(json!({"id": "x", "op": "vxc.get", "vxc": 1}));
+    assert_eq!(answer["id"], json!("x"));
+    err(answer, "bad_request");
+}
+
+#[test]
+fn keys_over_the_socket() {
+    let (_ns, d) = with_present_ports();
+    let key = ok(d.call(single_use_key("k-1", "syd-2", 100)))["key"].clone();
+    assert_eq!(key["redeemable"], json!(true));
+    assert_eq!(key["reason"], json!(null));
+    assert_eq!(key["used_by"], json!([]));
+    assert_eq!(key["vlan"], json!(100));
+    // Identical put: no-op success.
+    assert_eq!(ok(d.call(single_use_key("k-1", "syd-2", 100)))["key"], key);
+    // Immutable field.
+    let e = err(d.call(single_use_key("k-1", "syd-2", 101)), "immutable_field");
+    assert_eq!(e["field"], json!("vlan"));
+    // The reserved VLAN is taken for other keys, and named.
+    let e = err(d.call(single_use_key("k-2", "syd-2", 100)), "vlan_in_use");
+    assert_eq!(e["held_by"], json!("k-1"));
+    assert_eq!(e["next_available"], json!(101));
+    assert!(e["message"].as_str().unwrap().contains("port syd-2"), "{e}");
+    // Deactivate, see the reason, delete is refused.
+    let mut inactive = single_use_key("k-1", "syd-2", 100);
+    inactive["key"]["active"] = json!(false);
+    let key = ok(d.call(inactive))["key"].clone();
+    assert_eq!(key["reason"], json!("key_inactive"));
+    err(d.call(json!({"op": "key.delete", "key": "k-1"})), "key_not_removable");
+    assert_eq!(ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"], key);
+    err(d.call(json!({"op": "key.get", "key": "nope"})), "not_found");
+    let ports = ok(d.call(json!({"op": "port.list"})));
+    assert_eq!(ports["ports"][1]["vlans"], json!([100]));
+    err(d.call(single_use_key("k-3", "nowhere", 5)), "unknown_port");
+}
+
+#[test]
+fn tagged_end_on_this_kernel_is_a_clear_dataplane_error_and_changes_nothing() {
+    let (ns, d) = with_present_ports();
+    let links_before = ns.ip(&["-o", "link", "show"]);
+    let qdiscs_before = ns.ip(&["-o", "link", "show"]);
+    ok(d.call(single_use_key("k-1", "syd-2", 100)));
+    let e = err(d.call(vxc("v-1", "k-1", "syd-1", Some(200))), "dataplane");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("802.1Q"), "{message}");
+    // Nothing stored, nothing left in the kernel, the key still redeemable.
+    assert_eq!(ok(d.call(json!({"op": "vxc.list"})))["vxcs"], json!([]));
+    let key = ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"].clone();
+    assert_eq!(key["redeemable"], json!(true), "{key}");
+    assert_eq!(ns.ip(&["-o", "link", "show"]), links_before);
+    assert_eq!(ns.ip(&["-o", "link", "show"]), qdiscs_before);
+    // The plan still answers: it is the order summary, not the kernel.
+    let planned = ok(d.call(json!({"op": "vxc.plan", "vxc": vxc("v-1", "k-1", "syd-1", Some(200))["vxc"]})));
+    assert_eq!(planned["vxc"]["state"], json!("planned"));
+    assert_eq!(planned["vxc"]["a_end"]["interface"], json!("p1.200"));
+    assert_eq!(planned["vxc"]["b_end"]["vlan"], json!(100));
+}
+
+#[test]
+fn vxc_on_absent_port_is_pending_and_survives_sigterm_and_restart() {
+    let ns = Netns::new("pend");
+    let mut d = with_absent_ports(&ns);
+    ok(d.call(single_use_key("k-1", "mel-2", 100)));
+    let v = ok(d.call(vxc("v-1", "k-1", "mel-1", Some(200))))["vxc"].clone();
+    assert_eq!(v["state"], json!("pending"), "{v}");
+    assert_eq!(v["a_end"], json!({"port": "mel-1", "vlan": 200, "untagged": false, "interface": "nope1.200"}));
+    assert_eq!(v["b_end"], json!({"port": "mel-2", "vlan": 100, "interface": "nope2.100"}));
+    // Rate change on a pending VXC, then an identical put.
+    let mut faster = vxc("v-1", "k-1", "mel-1", Some(200));
+    faster["vxc"]["rate_mbps"] = json!(300);
+    assert_eq!(ok(d.call(faster.clone()))["vxc"]["rate_mbps"], json!(300));
+    let e = err(d.call(json!({"op": "vxc.put", "vxc": {"id": "v-1", "name": "vxc v-1",
+        "service_key": "k-1", "rate_mbps": 2000, "a_end": {"port": "mel-1"}}})), "rate_exceeds_key");
+    assert_eq!(e["max_speed_mbps"], json!(1000));
+    // A multi-use key on the other port, two VXCs with assigned VLANs.
+    ok(d.call(multi_use_key("m-1", "mel-2")));
+    let v2 = ok(d.call(vxc("v-2", "m-1", "mel-1", None)))["vxc"].clone();
+    assert_eq!(v2["a_end"]["vlan"], json!(2));
+    assert_eq!(v2["b_end"]["vlan"], json!(2));
+    assert_eq!(d.terminate(), Some(0), "SIGTERM exits 0; log:\n{}", d.log());
+    assert!(!d.socket.exists(), "the socket is removed on exit");
+    d.restart();
+    let after = ok(d.call(json!({"op": "vxc.get", "id": "v-1"})))["vxc"].clone();
+    assert_eq!(after["rate_mbps"], json!(300));
+    assert_eq!(after["created_at"], v["created_at"]);
+    let key = ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"].clone();
+    assert_eq!(key["reason"], json!("key_used"));
+    assert_eq!(key["used_by"], json!(["v-1"]));
+    // Delete frees the VLANs; the single-use key stays used.
+    assert_eq!(ok(d.call(json!({"op": "vxc.delete", "id": "v-1"})))["deleted"], json!("v-1"));
+    let key = ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"].clone();
+    assert_eq!(key["reason"], json!("key_used"));
+    assert_eq!(key["used_by"], json!([]));
+    let ports = ok(d.call(json!({"op": "port.list"})));
+    assert_eq!(ports["ports"][0]["vlans"], json!([2]));
+    assert_eq!(ports["ports"][1]["vlans"], json!([2]));
+    err(d.call(json!({"op": "vxc.delete", "id": "v-1"})), "not_found");
+}
+
+#[test]
+fn malformed_lines_get_bad_request_and_the_connection_survives() {
+    let (_ns, d) = with_present_ports();
+    let mut c = d.client();
+    for raw in [
+        &b"not json\n"[..],
+        b"[1,2]\n",
+        b"{\"id\":5,\"op\":\"hello\",\"extra\":true}\n",
+        b"{\"op\":\"key.put\",\"key\":{\"key\":\"k\"}}\n",
+        b"\xff\xfe\n",
+    ] {
+        c.send_raw(raw);
+        let answer = c.read_answer().expect("an answer");
+        err(answer, "bad_request");
+    }
+    c.send_raw(b"\n\r\n{\"id\":9,\"op\":\"vxc.explode\"}\n");
+    let answer = c.read_answer().unwrap();
+    assert_eq!(answer["id"], json!(9));
+    err(answer, "unknown_op");
+    // Several requests in one write are answered in order.
+    c.send_raw(b"{\"id\":1,\"op\":\"hello\"}\n{\"id\":2,\"op\":\"status\"}\n");
+    assert_eq!(c.read_answer().unwrap()["id"], json!(1));
+    assert_eq!(c.read_answer().unwrap()["id"], json!(2));
+}
+
+#[test]
+fn a_line_over_one_mebibyte_is_too_large_and_closes_the_connection() {
+    let (_ns, d) = with_present_ports();
+    let mut c = d.client();
+    let mut big = b"{\"op\":\"hello\",\"pad\":\"".to_vec();
+    big.resize((1 << 20) + 10, b'a');
+    big.extend_from_slice(b"\"}\n");
+    c.send_raw(&big);
+    err(c.read_answer().expect("an answer before closing"), "too_large");
+    assert!(c.read_answer().is_none(), "the connection is closed after too_large");
+    // A line of exactly the limit is still read (and refused only for its content).
+    let mut c = d.client();
+    let mut edge = b"{\"op\":\"hello\",\"pad\":\"".to_vec();
+    edge.resize((1 << 20) - 2, b'a');
+    edge.extend_from_slice(b"\"}\n");
+    c.send_raw(&edge);
+    err(c.read_answer().unwrap(), "bad_request");
+}
+
+/// Sends one request line as another uid, through socat.
+fn call_as(uid: u32, socket: &std::path::Path, request: &Value) -> Value {
+    let mut child = Command::new("socat")
+        .arg("-")
+        .arg(format!("UNIX-CONNECT:{}", socket.display()))
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("socat is needed for this test (tests/run.sh installs it)");
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{request}").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!("socat as uid {uid}: {e}: {text:?} {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+#[test]
+fn changes_need_root_or_a_configured_writer() {
+    let (_ns, d) = with_present_ports();
+    // The test daemon's socket lives in a private temp dir; let other uids reach it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = 4243;
+    let e = err(call_as(nobody, &d.socket, &multi_use_key("m-1", "syd-1")), "unauthorized");
+    assert!(e["message"].as_str().unwrap().contains("uid 4243"), "{e}");
+    ok(call_as(nobody, &d.socket, &json!({"op": "status"})));
+    ok(call_as(nobody, &d.socket, &json!({"op": "key.list"})));
+    assert_eq!(ok(d.call(json!({"op": "status"})))["keys"], json!(0));
+    // uid 4242 is in `writers`.
+    ok(call_as(4242, &d.socket, &multi_use_key("m-1", "syd-1")));
+    assert_eq!(ok(d.call(json!({"op": "status"})))["keys"], json!(1));
+}
+
+#[test]
+fn many_concurrent_clients_each_get_their_own_answers_in_order() {
+    let (_ns, d) = with_present_ports();
+    let socket = d.socket.clone();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut c = daemon::Client::connect(&socket);
+                for i in 0..40 {
+                    let request = if i % 2 == 0 {
+                        let mut r = multi_use_key(&format!("k-{t}-{i}"), "syd-1");
+                        r["id"] = json!(format!("{t}/{i}"));
+                        r
+                    } else {
+                        json!({"id": format!("{t}/{i}"), "op": "key.list"})
+                    };
+                    let answer = c.call(request);
+                    assert_eq!(answer["id"], json!(format!("{t}/{i}")));
+                    assert_eq!(answer["ok"], json!(true), "{answer}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    assert_eq!(ok(d.call(json!({"op": "status"})))["keys"], json!(16 * 20));
+}
+
+#[test]
+fn kill_9_during_a_burst_loses_nothing_acknowledged() {
+    let ns = Netns::new("k9");
+    let mut d = with_absent_ports(&ns);
+    let socket = d.socket.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let mut c = daemon::Client::connect(&socket);
+        let mut acked = Vec::new();
+        for i in 0..100_000 {
+            let id = format!("m-{i}");
+            // Any answer but success (the daemon died) ends the burst.
+            match c.try_call(multi_use_key(&id, "mel-2")) {
+                Some(answer) if answer["ok"] == json!(true) => acked.push(id),
+                _ => break,
+            }
+            if acked.len() == 50 {
+                let _ = tx.send(());
+            }
+        }
+        acked
+    });
+    rx.recv().expect("50 acknowledged keys");
+    d.kill9();
+    let acked = writer.join().expect("writer thread");
+    assert!(acked.len() >= 50);
+    d.restart();
+    let keys = ok(d.call(json!({"op": "key.list"})))["keys"].clone();
+    let stored: std::collections::HashSet<String> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged key {id} lost after kill -9");
+    }
+    // At most the one request in flight at the kill may have landed unacknowledged.
+    assert!(stored.len() <= acked.len() + 1, "{} stored, {} acknowledged", stored.len(), acked.len());
+}
+
+#[test]
+fn a_bad_config_stops_the_daemon_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[control]\nsocket = \"/tmp/x\"\n[reconcile]\nrepairs = false\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_vxcd"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("line 4"), "{stderr}");
+    assert!(stderr.contains("repairs"), "{stderr}");
+}

@@ -377,6 +377,12 @@ impl Model {
                 by: by.clone(),
             });
         }
+        // Redeeming builds a B-End on the key's port, which must still be configured here.
+        if !self.ports.get(&key.port).is_some_and(|s| s.configured) {
+            return Some(RuleError::UnknownPort {
+                port: key.port.to_string(),
+            });
+        }
         self.untagged_busy(&key.port).err()
     }
 

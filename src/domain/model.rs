@@ -247,11 +247,20 @@ impl Model {
                     vxc.id, vxc.service_key
                 ));
             }
+            // An untagged VXC takes its whole port: no other VXC may have an end there.
+            for port in [&vxc.a_end.port, &vxc.b_end.port] {
+                if let Some(other) = model.port_mut(port).untagged.clone() {
+                    return Err(format!(
+                        "VXC {} has an end on port {port}, which untagged VXC {other} takes whole",
+                        vxc.id
+                    ));
+                }
+            }
             if let Some(vlan) = vxc.a_end.vlan {
                 model.claim(&vxc.a_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
-            } else if let Some(other) = model.port_mut(&vxc.a_end.port).untagged.clone() {
+            } else if let Some(other) = model.port_mut(&vxc.a_end.port).vxcs.first().cloned() {
                 return Err(format!(
-                    "VXCs {other} and {} both claim port {} untagged",
+                    "untagged VXC {} would take port {}, where VXC {other} has an end",
                     vxc.id, vxc.a_end.port
                 ));
             }

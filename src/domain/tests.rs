@@ -1819,6 +1819,87 @@ fn restore_refuses_two_untagged_vxcs_on_one_port() {
 }
 
 #[test]
+fn restore_refuses_a_vxc_beside_an_untagged_vxc_in_either_order() {
+    let mut m = model();
+    put_key(&mut m, multi("k1", "p2"));
+    put_key(&mut m, multi("k3", "p3"));
+    let whole = put_vxc(&mut m, untagged(vxc("x-whole", "k1", "p1")));
+    let keys: Vec<ServiceKey> = m.keys().cloned().collect();
+    // A tagged A-End, or a B-End, on p1 (as a hand-edited or corrupted state could hold).
+    let a_end_there = Vxc {
+        id: vid("x-tagged"),
+        a_end: AEnd {
+            port: pn("p1"),
+            vlan: Some(v(10)),
+        },
+        b_end: BEnd {
+            port: pn("p2"),
+            vlan: v(3),
+        },
+        ..whole.clone()
+    };
+    let b_end_there = Vxc {
+        id: vid("x-b"),
+        service_key: kid("k3"),
+        a_end: AEnd {
+            port: pn("p4"),
+            vlan: Some(v(10)),
+        },
+        b_end: BEnd {
+            port: pn("p1"),
+            vlan: v(10),
+        },
+        ..whole.clone()
+    };
+    for other in [a_end_there, b_end_there] {
+        for vxcs in [
+            vec![whole.clone(), other.clone()],
+            vec![other.clone(), whole.clone()],
+        ] {
+            let order: Vec<String> = vxcs.iter().map(|x| x.id.to_string()).collect();
+            let err = Model::restore(PORTS.map(pn), keys.clone(), vxcs).unwrap_err();
+            assert!(
+                err.contains("x-whole")
+                    && err.contains(other.id.as_str())
+                    && err.contains("port p1"),
+                "{order:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn restore_refuses_an_object_stored_twice() {
+    let mut m = model();
+    put_key(&mut m, single("k1", "p2", 100));
+    let x1 = put_vxc(&mut m, vxc("x1", "k1", "p1"));
+    let k1 = m.key("k1").unwrap().clone();
+    let moved_key = ServiceKey {
+        vlan: Some(v(101)),
+        redeemed_by: None,
+        ..k1.clone()
+    };
+    let err = Model::restore(PORTS.map(pn), [moved_key, k1.clone()], [x1.clone()]).unwrap_err();
+    assert!(
+        err.contains("service key k1") && err.contains("twice"),
+        "{err}"
+    );
+    let moved_vxc = Vxc {
+        a_end: AEnd {
+            port: pn("p3"),
+            vlan: Some(v(7)),
+        },
+        b_end: BEnd {
+            port: pn("p3"),
+            vlan: v(8),
+        },
+        ..x1.clone()
+    };
+    let err = Model::restore(PORTS.map(pn), [k1], [x1, moved_vxc]).unwrap_err();
+    assert!(err.contains("VXC x1") && err.contains("twice"), "{err}");
+}
+
+#[test]
 fn restore_refuses_a_vxc_whose_key_is_missing() {
     let mut m = model();
     put_key(&mut m, multi("k1", "p2"));

@@ -226,7 +226,8 @@ impl Model {
 
     /// Rebuilds a model from stored keys and VXCs. Objects on ports that the config no longer has
     /// are kept (nothing acknowledged is dropped) on unconfigured ports. Two objects that claim
-    /// the same VLAN, or a VXC whose key is missing, make the state inconsistent: refused, naming both.
+    /// the same VLAN, a VXC beside an untagged VXC, an object stored twice, or a VXC whose key is
+    /// missing, make the state inconsistent: refused, naming them.
     pub fn restore(
         ports: impl IntoIterator<Item = PortName>,
         keys: impl IntoIterator<Item = ServiceKey>,
@@ -234,6 +235,10 @@ impl Model {
     ) -> Result<Self, String> {
         let mut model = Model::new(ports);
         for key in keys {
+            // A second copy would replace the first but leave the first's VLAN claimed forever.
+            if model.keys.contains_key(&key.id) {
+                return Err(format!("service key {} appears twice in the state", key.id));
+            }
             model.port_mut(&key.port);
             if let (true, Some(vlan), None) = (key.single_use, key.vlan, &key.redeemed_by) {
                 model.claim(&key.port, vlan, Holder::Key(key.id.clone()))?;
@@ -241,17 +246,29 @@ impl Model {
             model.keys.insert(key.id.clone(), key);
         }
         for vxc in vxcs {
+            if model.vxcs.contains_key(&vxc.id) {
+                return Err(format!("VXC {} appears twice in the state", vxc.id));
+            }
             if !model.keys.contains_key(&vxc.service_key) {
                 return Err(format!(
                     "VXC {} refers to service key {}, which the state does not hold",
                     vxc.id, vxc.service_key
                 ));
             }
+            // An untagged VXC takes its whole port: no other VXC may have an end there.
+            for port in [&vxc.a_end.port, &vxc.b_end.port] {
+                if let Some(other) = model.port_mut(port).untagged.clone() {
+                    return Err(format!(
+                        "VXC {} has an end on port {port}, which untagged VXC {other} takes whole",
+                        vxc.id
+                    ));
+                }
+            }
             if let Some(vlan) = vxc.a_end.vlan {
                 model.claim(&vxc.a_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
-            } else if let Some(other) = model.port_mut(&vxc.a_end.port).untagged.clone() {
+            } else if let Some(other) = model.port_mut(&vxc.a_end.port).vxcs.first().cloned() {
                 return Err(format!(
-                    "VXCs {other} and {} both claim port {} untagged",
+                    "untagged VXC {} would take port {}, where VXC {other} has an end",
                     vxc.id, vxc.a_end.port
                 ));
             }
@@ -375,6 +392,12 @@ impl Model {
             return Some(RuleError::KeyUsed {
                 key: key.id.clone(),
                 by: by.clone(),
+            });
+        }
+        // Redeeming builds a B-End on the key's port, which must still be configured here.
+        if !self.ports.get(&key.port).is_some_and(|s| s.configured) {
+            return Some(RuleError::UnknownPort {
+                port: key.port.to_string(),
             });
         }
         self.untagged_busy(&key.port).err()

@@ -85,7 +85,7 @@ impl VlanSet {
             let free = !self.words[v / 64] >> (v % 64);
             if free != 0 {
                 let found = v + free.trailing_zeros() as usize;
-                return (found <= max).then(|| Vlan(found as u16));
+                return (found <= max).then_some(Vlan(found as u16));
             }
             v = (v / 64 + 1) * 64;
         }

@@ -494,7 +494,7 @@ fn usage_errors_exit_2_without_asking_the_daemon() {
                 "--a-port",
                 "p",
             ],
-            "--rate",
+            "invalid value '-5' for '--rate",
         ),
         (&["frobnicate"], "unrecognized subcommand"),
         (&["vxc", "put", "--file", file], "missing field"),

@@ -979,9 +979,9 @@ mod tests {
         }
         .request()
         .unwrap();
-        // vxc.get and vxc.delete are left out: their `id` argument collides with the request id
-        // in protocol::parse_request (reported to the integrator).
         let ops = vec![
+            Op::VxcGet { id: "v-1".into() },
+            Op::VxcDelete { id: "v-1".into() },
             Op::Status {},
             Op::PortList {},
             Op::KeyList {},

@@ -62,6 +62,9 @@ pub const OPS: &[&str] = &[
     "vxc.delete",
 ];
 
+/// Operations whose argument is named `id`, like the request id: one field serves as both.
+const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete"];
+
 impl Op {
     /// Whether the operation changes state (and so needs a writer).
     pub fn is_change(&self) -> bool {
@@ -175,7 +178,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, (Value, Failure)> {
             Failure::bad_request("request must be a JSON object"),
         ));
     };
-    let id = fields.remove("id").unwrap_or(Value::Null);
+    let op_name = match fields.get("op") {
+        Some(Value::String(name)) => Some(name.clone()),
+        _ => None,
+    };
+    // `vxc.get {"id"}` and `vxc.delete {"id"}`: there the VXC id is also the request id, so it
+    // is both echoed and kept as the argument.
+    let id = if op_name.as_deref().is_some_and(|op| ID_IS_ARGUMENT.contains(&op)) {
+        fields.get("id").cloned().unwrap_or(Value::Null)
+    } else {
+        fields.remove("id").unwrap_or(Value::Null)
+    };
     let op_name = match fields.get("op") {
         Some(Value::String(name)) => name.clone(),
         Some(_) => return Err((id, Failure::bad_request("field op must be a string"))),
@@ -303,9 +316,14 @@ mod tests {
         let req = parse(r#"{"id": [1, "x"], "op": "hello"}"#).unwrap();
         assert_eq!(req.id, json!([1, "x"]));
         assert_eq!(req.op, Op::Hello {});
-        let req = parse(r#"{"op": "vxc.get", "id": 7}"#);
-        // "id" is the request id, so vxc.get's own argument is missing.
-        assert_eq!(req.unwrap_err().1.code, "bad_request");
+        // For vxc.get and vxc.delete the request id is the VXC id.
+        let req = parse(r#"{"op": "vxc.get", "id": "v-7"}"#).unwrap();
+        assert_eq!(req.id, json!("v-7"));
+        assert_eq!(req.op, Op::VxcGet { id: "v-7".into() });
+        let req = parse(r#"{"op": "vxc.delete", "id": "v-7"}"#).unwrap();
+        assert_eq!(req.op, Op::VxcDelete { id: "v-7".into() });
+        let (_, failure) = parse(r#"{"op": "vxc.get", "id": 7}"#).unwrap_err();
+        assert_eq!(failure.code, "bad_request", "a VXC id is a string");
         let req = parse(
             r#"{"op":"key.put","key":{"key":"k-1","port":"syd-1","single_use":true,"max_speed_mbps":100,"vlan":100}}"#,
         )

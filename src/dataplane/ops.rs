@@ -1,6 +1,7 @@
 //! The kernel-facing operations: observe, apply (with undo), remove, converge, events.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use netlink_packet_core::{
@@ -198,6 +199,9 @@ impl Journal {
 pub struct Dataplane {
     handle: Handle,
     cfg: DataplaneConfig,
+    /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY);
+    /// other requests are pipelined freely.
+    dump_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
@@ -418,11 +422,24 @@ impl Dataplane {
         // Done messages carry NLM_F_DUMP_INTR too; the dump helper needs to see them.
         conn.set_forward_done(true);
         tokio::spawn(conn);
-        Ok(Self { handle, cfg })
+        Ok(Self {
+            handle,
+            cfg,
+            dump_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn config(&self) -> &DataplaneConfig {
         &self.cfg
+    }
+
+    async fn dump(
+        &self,
+        payload: RouteNetlinkMessage,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
+        let _one_dump_at_a_time = self.dump_lock.lock().await;
+        nl::dump(&self.handle, payload, what).await
     }
 
     async fn ack(&self, payload: RouteNetlinkMessage, flags: u16) -> Result<(), ReqError> {
@@ -432,18 +449,18 @@ impl Dataplane {
     /// Reads the kernel: one link dump, one qdisc dump, and filter dumps of the ingress
     /// qdiscs only; interrupted dumps are retried.
     pub async fn observe(&self) -> Result<Observed, DataplaneError> {
-        let (links, qdiscs) = futures::try_join!(
-            nl::dump(
-                &self.handle,
+        let links = self
+            .dump(
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                "links"
-            ),
-            nl::dump(
-                &self.handle,
+                "links",
+            )
+            .await?;
+        let qdiscs = self
+            .dump(
                 RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
-                "qdiscs"
-            ),
-        )?;
+                "qdiscs",
+            )
+            .await?;
         let links: Vec<ObservedLink> = links
             .into_iter()
             .filter_map(|m| match m {
@@ -506,12 +523,10 @@ impl Dataplane {
 
     async fn dump_ingress_filters(&self, index: u32) -> Result<IngressFilters, DataplaneError> {
         let req = tc_msg(index, 0, INGRESS_HANDLE, 0, vec![]);
-        let msgs = nl::dump(
-            &self.handle,
-            RouteNetlinkMessage::GetTrafficFilter(req),
-            &format!("ingress filters of ifindex {index}"),
-        )
-        .await?;
+        let what = format!("ingress filters of ifindex {index}");
+        let msgs = self
+            .dump(RouteNetlinkMessage::GetTrafficFilter(req), &what)
+            .await?;
         let mut out = IngressFilters::default();
         let mut foreign_prios = HashSet::new();
         for m in msgs {

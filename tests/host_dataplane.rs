@@ -638,3 +638,64 @@ fn measure_converge_500_vxcs_over_1000_veth_pairs() {
     );
     println!("converge 500 untagged VXCs (1000 ends): first {t_first:?}, again (no-op) {t_second:?}, to nothing (2000 orphans) {t_remove:?}");
 }
+
+#[test]
+fn converge_continues_past_a_failing_vxc() {
+    let t = topo();
+    // A second pair of ports in the edge for a VXC that cannot be built here (VLAN end).
+    t.edge
+        .ip(&["link", "add", "e3", "type", "veth", "peer", "name", "e4"]);
+    let good = untagged("vxc-good", 100, "e1", "e2");
+    let mut bad = untagged("vxc-bad", 100, "e3", "e4");
+    bad.b.vlan = Some(300);
+    let report = t.edge.block_on(move || async move {
+        dp().await.converge(&[bad, good]).await.expect("converge")
+    });
+    match report.outcome("vxc-bad") {
+        Some(VxcOutcome::Failed(e)) => assert!(e.lacks_8021q(), "{e}"),
+        other => panic!("vxc-bad: expected failure, got {other:?}"),
+    }
+    assert!(
+        matches!(report.outcome("vxc-good"), Some(VxcOutcome::Repaired(_))),
+        "{:?}",
+        report.outcome("vxc-good")
+    );
+    assert!(t.cust.reaches(&t.prov, PROV_IP), "good VXC not working");
+    let q = t.edge.tc(&["qdisc", "show", "dev", "e3"]);
+    assert!(
+        !q.contains("tbf") && !q.contains("ingress"),
+        "failed VXC left qdiscs on e3: {q}"
+    );
+}
+
+#[test]
+fn foreign_link_with_the_end_name_is_refused_and_kept() {
+    let t = topo();
+    // Not a VLAN, not marked: someone else's link that happens to have the end's name.
+    t.edge.ip(&[
+        "link", "add", "e2.200", "type", "veth", "peer", "name", "zz",
+    ]);
+    let mut spec = untagged("vxc-name", 100, "e1", "e2");
+    spec.b.vlan = Some(200);
+    let s = spec.clone();
+    let err = t.edge.block_on(move || async move {
+        let dp = dp().await;
+        let err = dp.apply(&s).await.expect_err("foreign link in the way");
+        dp.remove(&s).await.expect("remove");
+        err
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("link e2.200") && msg.contains("not owned by vxcd"),
+        "{msg}"
+    );
+    assert!(
+        t.edge.ip_ok(&["link", "show", "dev", "e2.200"]),
+        "foreign link deleted"
+    );
+    let q = t.edge.tc(&["qdisc", "show", "dev", "e1"]);
+    assert!(
+        !q.contains("tbf") && !q.contains("ingress"),
+        "rollback left qdiscs on e1: {q}"
+    );
+}

@@ -605,6 +605,14 @@ fn measure_converge_500_vxcs_over_1000_veth_pairs() {
         let first = dp.converge(&specs).await.expect("converge");
         let t_first = t0.elapsed();
         let t0 = Instant::now();
+        let obs = dp.observe().await.expect("observe");
+        println!(
+            "observe of {} links, {} ingress qdiscs: {:?}",
+            obs.links.len(),
+            obs.ingress.len(),
+            t0.elapsed()
+        );
+        let t0 = Instant::now();
         let second = dp.converge(&specs).await.expect("converge again");
         let t_second = t0.elapsed();
         let t0 = Instant::now();
@@ -698,4 +706,27 @@ fn foreign_link_with_the_end_name_is_refused_and_kept() {
         !q.contains("tbf") && !q.contains("ingress"),
         "rollback left qdiscs on e1: {q}"
     );
+}
+
+#[test]
+fn rate64_shaper_reads_back() {
+    let t = topo();
+    // 40 Gbit/s = 5e9 bytes/s: beyond the u32 rate of tc_ratespec, so TCA_TBF_RATE64 is used.
+    let spec = untagged("vxc-r64", 40_000, "e1", "e2");
+    let obs = t.edge.block_on(move || async move {
+        let dp = dp().await;
+        dp.apply(&spec).await.expect("apply 40 Gbit/s");
+        dp.observe().await.expect("observe")
+    });
+    let index = obs.link_by_name("e1").expect("e1").index;
+    let tbf = obs
+        .root_qdiscs
+        .get(&index)
+        .and_then(|q| q.tbf)
+        .expect("tbf on e1");
+    assert_eq!(tbf.rate_bytes_per_s, 5_000_000_000);
+    assert!(t
+        .edge
+        .tc(&["qdisc", "show", "dev", "e1"])
+        .contains("rate 40Gbit"));
 }

@@ -42,6 +42,15 @@
 //! Foreign links are never modified or deleted: a foreign link holding the end's name or
 //! the VLAN on that parent is an error naming it.
 //!
+//! # Transport
+//! One rtnetlink socket per `Dataplane`. Requests that expect an ack are pipelined on it
+//! (`DataplaneConfig::max_in_flight` at once); dumps are serialized, because the kernel
+//! runs one dump per socket and answers a second with `EBUSY`. Dumps flagged
+//! `NLM_F_DUMP_INTR` (on any part or on the final `NLMSG_DONE`) are restarted.
+//! `observe` = one link dump + one qdisc dump + one filter dump per interface that has an
+//! ingress qdisc (filter dumps need an ifindex). Every lookup in a snapshot is by hash
+//! map, so plan and converge are linear in links + VXCs.
+//!
 //! # Atomicity and verification
 //! `apply` records every change it makes (created link/qdisc/filter, previous link flags,
 //! previous TBF/filter parameters) and undoes them in reverse order if a later step

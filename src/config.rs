@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::dataplane::{BurstPolicy, DataplaneConfig, DEFAULT_OWNER_GROUP};
 use crate::domain::PortName;
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
@@ -86,22 +87,23 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Burst policy of the TBF shapers: burst = max(rate x burst_us, min_burst_bytes);
-/// queue limit = rate x latency_ms + burst (as iproute2 computes it).
+/// Burst policy of the TBF shapers (see `dataplane::tbf`): burst = max(rate x burst_us,
+/// burst_frames full-size frames); queue limit = rate x latency_us + burst, as iproute2 computes it.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShapingConfig {
     pub burst_us: u32,
-    pub min_burst_bytes: u32,
-    pub latency_ms: u32,
+    pub burst_frames: u32,
+    pub latency_us: u32,
 }
 
 impl Default for ShapingConfig {
     fn default() -> Self {
+        let policy = BurstPolicy::default();
         ShapingConfig {
-            burst_us: 2000,
-            min_burst_bytes: 15140,
-            latency_ms: 20,
+            burst_us: policy.min_burst_us,
+            burst_frames: policy.min_burst_frames,
+            latency_us: policy.latency_us,
         }
     }
 }
@@ -115,9 +117,8 @@ pub struct DataplaneSection {
 
 impl Default for DataplaneSection {
     fn default() -> Self {
-        // "vx" in ASCII: recognisable in `ip -d link` output, far from the default group 0.
         DataplaneSection {
-            owner_group: 0x7678,
+            owner_group: DEFAULT_OWNER_GROUP,
         }
     }
 }
@@ -204,10 +205,28 @@ impl Config {
         }
         parse_mode(config.control.mode.get_ref())
             .map_err(|why| at(config.control.mode.span(), "control.mode", why))?;
+        if config.shaping.burst_frames == 0 || config.shaping.burst_us == 0 {
+            return Err(fail(
+                "keys shaping.burst_us and shaping.burst_frames: must be at least 1".into(),
+            ));
+        }
         if config.reconcile.interval_s == 0 {
             return Err(fail("key reconcile.interval_s: must be at least 1".into()));
         }
         Ok(config)
+    }
+
+    /// The dataplane's settings.
+    pub fn dataplane(&self) -> DataplaneConfig {
+        DataplaneConfig {
+            owner_group: self.dataplane.owner_group,
+            burst: BurstPolicy {
+                min_burst_us: self.shaping.burst_us,
+                min_burst_frames: self.shaping.burst_frames,
+                latency_us: self.shaping.latency_us,
+            },
+            ..DataplaneConfig::default()
+        }
     }
 
     /// The validated ports.

@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::Port;
-use crate::dataplane::{self, Dataplane, EndSpec, VxcSpec};
+use crate::dataplane::{self, Dataplane, EndSpec, VxcOutcome, VxcSpec, VxcStatus as PlanStatus};
 use crate::domain::{Change, KeyId, Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
 use crate::protocol::{
     EndView, Failure, KernelView, KeyView, Op, PortView, StatusView, VxcView, PROTOCOL_VERSION,
@@ -87,6 +87,31 @@ pub struct Engine {
     repair: bool,
 }
 
+fn missing_text(missing: &[(String, String)]) -> String {
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|(port, interface)| format!("port {port}: interface {interface} is missing"))
+        .collect();
+    parts.join("; ")
+}
+
+/// Whether this kernel can make 802.1Q subinterfaces: the module is loaded (or built in), or
+/// can be loaded on first use.
+pub fn kernel_has_8021q() -> bool {
+    if Path::new("/proc/net/vlan").exists() {
+        return true;
+    }
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let dir = Path::new("/lib/modules").join(release.trim());
+    ["modules.builtin", "modules.dep"].iter().any(|file| {
+        std::fs::read_to_string(dir.join(file))
+            .map(|text| text.lines().any(|l| l.contains("/8021q.ko")))
+            .unwrap_or(false)
+    })
+}
+
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
@@ -102,10 +127,16 @@ pub fn load_state(dir: &Path, ports: &[Port]) -> Result<(Model, Store<Record>), 
         );
     }
     let snapshot = loaded.snapshot.unwrap_or_default();
-    let mut keys: BTreeMap<KeyId, ServiceKey> =
-        snapshot.keys.into_iter().map(|k| (k.id.clone(), k)).collect();
-    let mut vxcs: BTreeMap<VxcId, Vxc> =
-        snapshot.vxcs.into_iter().map(|v| (v.id.clone(), v)).collect();
+    let mut keys: BTreeMap<KeyId, ServiceKey> = snapshot
+        .keys
+        .into_iter()
+        .map(|k| (k.id.clone(), k))
+        .collect();
+    let mut vxcs: BTreeMap<VxcId, Vxc> = snapshot
+        .vxcs
+        .into_iter()
+        .map(|v| (v.id.clone(), v))
+        .collect();
     for record in loaded.records {
         match record {
             Record::Key { key } => {
@@ -185,12 +216,18 @@ impl Engine {
     pub async fn handle(&mut self, op: Op) -> Result<Value, Failure> {
         let now = OffsetDateTime::now_utc();
         match op {
-            Op::Hello {} => Ok(json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")})),
+            Op::Hello {} => {
+                Ok(json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")}))
+            }
             Op::Status {} => Ok(json!(self.status())),
             Op::PortList {} => Ok(json!({"ports": self.port_views().await})),
             Op::KeyGet { key } => match self.model.key(&key) {
                 Some(k) => Ok(json!({"key": self.key_view(k, now)})),
-                None => Err(RuleError::NotFound { what: "service key", id: key }.into()),
+                None => Err(RuleError::NotFound {
+                    what: "service key",
+                    id: key,
+                }
+                .into()),
             },
             Op::KeyList {} => {
                 let keys: Vec<_> = self.model.keys().map(|k| self.key_view(k, now)).collect();
@@ -215,7 +252,11 @@ impl Engine {
         }
     }
 
-    fn put_key(&mut self, req: &crate::domain::KeyRequest, now: OffsetDateTime) -> Result<Value, Failure> {
+    fn put_key(
+        &mut self,
+        req: &crate::domain::KeyRequest,
+        now: OffsetDateTime,
+    ) -> Result<Value, Failure> {
         let change = self.model.plan_key(req)?;
         let key = change.after().clone();
         if !matches!(change, Change::Unchanged(_)) {
@@ -226,7 +267,11 @@ impl Engine {
         Ok(json!({"key": self.key_view(&key, now)}))
     }
 
-    async fn put_vxc(&mut self, req: &crate::domain::VxcRequest, now: OffsetDateTime) -> Result<Value, Failure> {
+    async fn put_vxc(
+        &mut self,
+        req: &crate::domain::VxcRequest,
+        now: OffsetDateTime,
+    ) -> Result<Value, Failure> {
         let plan = self.model.plan_vxc(req, now)?;
         match &plan.change {
             Change::Unchanged(vxc) => Ok(json!({"vxc": self.vxc_view(vxc, None)})),
@@ -326,7 +371,8 @@ impl Engine {
         } else {
             self.store.append_batch(records)
         };
-        written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))?;
+        written
+            .map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))?;
         if self.store.journal_len() >= COMPACT_EVERY {
             self.compact();
         }
@@ -356,50 +402,82 @@ impl Engine {
                 }
             }
         }
-        let report = if self.repair {
-            self.dataplane.converge(&desired).await
+        let outcome = if self.repair {
+            self.converge(&desired).await
         } else {
-            self.dataplane.check(&desired).await
+            self.check(&desired).await
         };
-        match report {
-            Ok(report) => {
-                for outcome in report.vxcs {
-                    let Ok(id) = VxcId::parse("id", &outcome.id) else {
-                        continue;
-                    };
-                    let state = match outcome.status {
-                        dataplane::VxcStatus::Ok => VxcState::Up,
-                        dataplane::VxcStatus::Repaired(what) => {
-                            self.drift_repairs += 1;
-                            log::warn!(vxc = id.as_str(); "VXC {id}: repaired drift: {what}");
-                            VxcState::Up
-                        }
-                        dataplane::VxcStatus::Drift(what) => {
-                            log::warn!(vxc = id.as_str(); "VXC {id}: drift (not repaired, observe-only): {what}");
-                            VxcState::Failed(format!("drift: {what}"))
-                        }
-                        dataplane::VxcStatus::Pending(why) => VxcState::Pending(why),
-                        dataplane::VxcStatus::Failed(why) => {
-                            log::error!(vxc = id.as_str(); "VXC {id}: {why}");
-                            VxcState::Failed(why)
-                        }
-                    };
-                    self.states.insert(id, state);
-                }
-                for orphan in report.orphans_removed {
-                    self.drift_repairs += 1;
-                    log::warn!("removed {orphan}: vxcd-owned but in no VXC of the state");
-                }
-                self.last_reconcile = Some(OffsetDateTime::now_utc());
-            }
+        match outcome {
+            Ok(()) => self.last_reconcile = Some(OffsetDateTime::now_utc()),
             Err(e) => log::error!("reconcile: reading the kernel failed: {e}"),
         }
+    }
+
+    async fn converge(&mut self, desired: &[VxcSpec]) -> Result<(), dataplane::DataplaneError> {
+        let report = self.dataplane.converge(desired).await?;
+        for (id, outcome) in report.vxcs {
+            let Ok(id) = VxcId::parse("id", &id) else {
+                continue;
+            };
+            let state = match outcome {
+                VxcOutcome::Ok => VxcState::Up,
+                VxcOutcome::Repaired(applied) => {
+                    self.drift_repairs += 1;
+                    let what: Vec<String> = applied.changes.iter().map(|c| c.to_string()).collect();
+                    log::warn!(vxc = id.as_str(); "VXC {id}: repaired: {}", what.join("; "));
+                    VxcState::Up
+                }
+                VxcOutcome::Pending(missing) => VxcState::Pending(missing_text(&missing)),
+                VxcOutcome::Failed(e) => {
+                    log::error!(vxc = id.as_str(); "VXC {id}: {e}");
+                    VxcState::Failed(e.to_string())
+                }
+            };
+            self.states.insert(id, state);
+        }
+        for orphan in report.orphans_removed {
+            self.drift_repairs += 1;
+            log::warn!("removed {orphan}: owned by vxcd but part of no VXC in the state");
+        }
+        for (orphan, e) in report.orphan_failures {
+            log::error!("removing {orphan}, owned by vxcd but part of no VXC: {e}");
+        }
+        Ok(())
+    }
+
+    /// Observe-only: report drift, change nothing.
+    async fn check(&mut self, desired: &[VxcSpec]) -> Result<(), dataplane::DataplaneError> {
+        let observed = self.dataplane.observe().await?;
+        let plan = Dataplane::plan(desired, &observed);
+        for vxc in plan.vxcs {
+            let Ok(id) = VxcId::parse("id", &vxc.id) else {
+                continue;
+            };
+            let state = match vxc.status {
+                PlanStatus::Ok => VxcState::Up,
+                PlanStatus::Pending { missing } => VxcState::Pending(missing_text(&missing)),
+                PlanStatus::Drift(found) => {
+                    let what: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+                    let what = what.join("; ");
+                    log::warn!(vxc = id.as_str(); "VXC {id}: drift, not repaired (observe-only): {what}");
+                    VxcState::Failed(format!("drift: {what}"))
+                }
+                PlanStatus::Invalid(why) => VxcState::Failed(why),
+            };
+            self.states.insert(id, state);
+        }
+        for orphan in plan.orphans {
+            log::warn!("{orphan} is owned by vxcd but part of no VXC (observe-only: left)");
+        }
+        Ok(())
     }
 
     fn status(&self) -> StatusView {
         let mut vxc_states = BTreeMap::new();
         for vxc in self.model.vxcs() {
-            *vxc_states.entry(self.state_of(&vxc.id).name().to_owned()).or_insert(0) += 1;
+            *vxc_states
+                .entry(self.state_of(&vxc.id).name().to_owned())
+                .or_insert(0) += 1;
         }
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -408,7 +486,7 @@ impl Engine {
             keys: self.model.keys().count(),
             vxcs: self.model.vxcs().count(),
             kernel: KernelView {
-                vlan_8021q: dataplane::kernel_has_8021q(),
+                vlan_8021q: kernel_has_8021q(),
             },
             last_reconcile: self.last_reconcile.map(rfc3339),
             drift_repairs: self.drift_repairs,
@@ -424,12 +502,19 @@ impl Engine {
     }
 
     async fn port_views(&self) -> Vec<PortView> {
+        let observed = match self.dataplane.observe().await {
+            Ok(observed) => Some(observed),
+            Err(e) => {
+                log::warn!("port.list: reading the kernel's links failed: {e}");
+                None
+            }
+        };
         let mut views = Vec::new();
         for usage in self.model.ports() {
             let interface = self.ports.get(&usage.name).cloned();
-            let present = match &interface {
-                Some(name) => self.dataplane.link_exists(name).await.unwrap_or(false),
-                None => false,
+            let present = match (&interface, &observed) {
+                (Some(name), Some(observed)) => observed.link_by_name(name).is_some(),
+                _ => false,
             };
             views.push(PortView {
                 name: usage.name.to_string(),
@@ -455,7 +540,12 @@ impl Engine {
             valid_from: key.valid_from.map(rfc3339),
             valid_until: key.valid_until.map(rfc3339),
             active: key.active,
-            used_by: self.model.key_users(&key.id).iter().map(|v| v.to_string()).collect(),
+            used_by: self
+                .model
+                .key_users(&key.id)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
             redeemable: refusal.is_none(),
             reason: refusal.map(|r| r.code().to_owned()),
         }

@@ -184,7 +184,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, (Value, Failure)> {
     };
     // `vxc.get {"id"}` and `vxc.delete {"id"}`: there the VXC id is also the request id, so it
     // is both echoed and kept as the argument.
-    let id = if op_name.as_deref().is_some_and(|op| ID_IS_ARGUMENT.contains(&op)) {
+    let id = if op_name
+        .as_deref()
+        .is_some_and(|op| ID_IS_ARGUMENT.contains(&op))
+    {
         fields.get("id").cloned().unwrap_or(Value::Null)
     } else {
         fields.remove("id").unwrap_or(Value::Null)

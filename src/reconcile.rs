@@ -6,23 +6,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
+use crate::dataplane::KernelEvent;
 use crate::server::Control;
 
 /// How long to wait for more events before running the pass they triggered.
 const SETTLE: Duration = Duration::from_millis(200);
 
-pub async fn run<E>(
+pub async fn run(
     control: Arc<Control>,
     interval: Duration,
-    events: E,
+    mut events: mpsc::Receiver<KernelEvent>,
     mut shutdown: watch::Receiver<bool>,
-) where
-    E: Stream + Unpin,
-{
-    let mut events = events;
+) {
     let mut events_open = true;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -30,7 +27,7 @@ pub async fn run<E>(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            event = events.next(), if events_open => {
+            event = events.recv(), if events_open => {
                 if event.is_none() {
                     log::warn!("kernel event stream ended; relying on the periodic check");
                     events_open = false;
@@ -38,7 +35,7 @@ pub async fn run<E>(
                 }
                 // Coalesce the burst this event belongs to.
                 loop {
-                    match tokio::time::timeout(SETTLE, events.next()).await {
+                    match tokio::time::timeout(SETTLE, events.recv()).await {
                         Ok(Some(_)) => continue,
                         Ok(None) => { events_open = false; break; }
                         Err(_) => break,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead, FramedWrite, LinesCodec};
+use tokio_util::codec::{
+    AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead, FramedWrite, LinesCodec,
+};
 
 use crate::config::Access;
 use crate::engine::Engine;
@@ -97,7 +99,11 @@ pub async fn serve(
     }
 }
 
-async fn connection(stream: UnixStream, control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: UnixStream,
+    control: Arc<Control>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let peer = match stream.peer_cred() {
         Ok(cred) => Peer { uid: cred.uid() },
         Err(e) => {
@@ -121,7 +127,8 @@ async fn connection(stream: UnixStream, control: Arc<Control>, mut shutdown: wat
             None => return,
             Some(Ok(line)) => line,
             Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                let answer = protocol::failure_line(&serde_json::Value::Null, &Failure::too_large());
+                let answer =
+                    protocol::failure_line(&serde_json::Value::Null, &Failure::too_large());
                 let _ = out.send(answer).await;
                 return;
             }

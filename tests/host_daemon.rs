@@ -2,13 +2,13 @@
 //! machine's kernel (no 802.1Q: VXCs either fail with the clear dataplane error, or stay pending
 //! on ports whose interface does not exist).
 
-#[path = "common/daemon.rs"]
-mod daemon;
+mod common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use daemon::{config_text, err, ok, Daemon, Netns};
+use common::daemon::{self, err, ok, Daemon};
+use common::{veth_local, Netns};
 use serde_json::{json, Value};
 
 fn single_use_key(id: &str, port: &str, vlan: u16) -> Value {
@@ -32,21 +32,15 @@ fn vxc(id: &str, key: &str, a_port: &str, a_vlan: Option<u16>) -> Value {
 /// A daemon whose two ports have real (veth) interfaces.
 fn with_present_ports() -> (Netns, Daemon) {
     let ns = Netns::new("hd");
-    ns.veth("p1", "p1x");
-    ns.veth("p2", "p2x");
-    let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), &[("syd-1", "p1"), ("syd-2", "p2")], "");
-    drop(dir);
-    let d = Daemon::start(&ns, &text);
+    veth_local(&ns, "p1", "p1x");
+    veth_local(&ns, "p2", "p2x");
+    let d = Daemon::start(&ns, &[("syd-1", "p1"), ("syd-2", "p2")], "");
     (ns, d)
 }
 
 /// A daemon whose ports name interfaces that do not exist (VXCs stay pending).
 fn with_absent_ports(ns: &Netns) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let text = config_text(dir.path(), &[("mel-1", "nope1"), ("mel-2", "nope2")], "");
-    drop(dir);
-    Daemon::start(ns, &text)
+    Daemon::start(ns, &[("mel-1", "nope1"), ("mel-2", "nope2")], "")
 }
 
 #[test]
@@ -59,7 +53,11 @@ fn read_operations_answer() {
     assert_eq!(status["ports"], json!(2));
     assert_eq!(status["keys"], json!(0));
     assert_eq!(status["vxcs"], json!(0));
-    assert_eq!(status["kernel"]["vlan_8021q"], json!(false), "this host has no 802.1Q");
+    assert_eq!(
+        status["kernel"]["vlan_8021q"],
+        json!(false),
+        "this host has no 802.1Q"
+    );
     assert!(status["last_reconcile"].is_string(), "{status}");
     let ports = ok(d.call(json!({"op": "port.list"})));
     assert_eq!(
@@ -85,7 +83,10 @@ fn keys_over_the_socket() {
     // Identical put: no-op success.
     assert_eq!(ok(d.call(single_use_key("k-1", "syd-2", 100)))["key"], key);
     // Immutable field.
-    let e = err(d.call(single_use_key("k-1", "syd-2", 101)), "immutable_field");
+    let e = err(
+        d.call(single_use_key("k-1", "syd-2", 101)),
+        "immutable_field",
+    );
     assert_eq!(e["field"], json!("vlan"));
     // The reserved VLAN is taken for other keys, and named.
     let e = err(d.call(single_use_key("k-2", "syd-2", 100)), "vlan_in_use");
@@ -97,8 +98,14 @@ fn keys_over_the_socket() {
     inactive["key"]["active"] = json!(false);
     let key = ok(d.call(inactive))["key"].clone();
     assert_eq!(key["reason"], json!("key_inactive"));
-    err(d.call(json!({"op": "key.delete", "key": "k-1"})), "key_not_removable");
-    assert_eq!(ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"], key);
+    err(
+        d.call(json!({"op": "key.delete", "key": "k-1"})),
+        "key_not_removable",
+    );
+    assert_eq!(
+        ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"],
+        key
+    );
     err(d.call(json!({"op": "key.get", "key": "nope"})), "not_found");
     let ports = ok(d.call(json!({"op": "port.list"})));
     assert_eq!(ports["ports"][1]["vlans"], json!([100]));
@@ -109,7 +116,7 @@ fn keys_over_the_socket() {
 fn tagged_end_on_this_kernel_is_a_clear_dataplane_error_and_changes_nothing() {
     let (ns, d) = with_present_ports();
     let links_before = ns.ip(&["-o", "link", "show"]);
-    let qdiscs_before = ns.ip(&["-o", "link", "show"]);
+    let qdiscs_before = ns.tc(&["qdisc", "show"]);
     ok(d.call(single_use_key("k-1", "syd-2", 100)));
     let e = err(d.call(vxc("v-1", "k-1", "syd-1", Some(200))), "dataplane");
     let message = e["message"].as_str().unwrap();
@@ -119,9 +126,10 @@ fn tagged_end_on_this_kernel_is_a_clear_dataplane_error_and_changes_nothing() {
     let key = ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"].clone();
     assert_eq!(key["redeemable"], json!(true), "{key}");
     assert_eq!(ns.ip(&["-o", "link", "show"]), links_before);
-    assert_eq!(ns.ip(&["-o", "link", "show"]), qdiscs_before);
+    assert_eq!(ns.tc(&["qdisc", "show"]), qdiscs_before);
     // The plan still answers: it is the order summary, not the kernel.
-    let planned = ok(d.call(json!({"op": "vxc.plan", "vxc": vxc("v-1", "k-1", "syd-1", Some(200))["vxc"]})));
+    let planned =
+        ok(d.call(json!({"op": "vxc.plan", "vxc": vxc("v-1", "k-1", "syd-1", Some(200))["vxc"]})));
     assert_eq!(planned["vxc"]["state"], json!("planned"));
     assert_eq!(planned["vxc"]["a_end"]["interface"], json!("p1.200"));
     assert_eq!(planned["vxc"]["b_end"]["vlan"], json!(100));
@@ -134,14 +142,25 @@ fn vxc_on_absent_port_is_pending_and_survives_sigterm_and_restart() {
     ok(d.call(single_use_key("k-1", "mel-2", 100)));
     let v = ok(d.call(vxc("v-1", "k-1", "mel-1", Some(200))))["vxc"].clone();
     assert_eq!(v["state"], json!("pending"), "{v}");
-    assert_eq!(v["a_end"], json!({"port": "mel-1", "vlan": 200, "untagged": false, "interface": "nope1.200"}));
-    assert_eq!(v["b_end"], json!({"port": "mel-2", "vlan": 100, "interface": "nope2.100"}));
+    assert_eq!(
+        v["a_end"],
+        json!({"port": "mel-1", "vlan": 200, "untagged": false, "interface": "nope1.200"})
+    );
+    assert_eq!(
+        v["b_end"],
+        json!({"port": "mel-2", "vlan": 100, "interface": "nope2.100"})
+    );
     // Rate change on a pending VXC, then an identical put.
     let mut faster = vxc("v-1", "k-1", "mel-1", Some(200));
     faster["vxc"]["rate_mbps"] = json!(300);
     assert_eq!(ok(d.call(faster.clone()))["vxc"]["rate_mbps"], json!(300));
-    let e = err(d.call(json!({"op": "vxc.put", "vxc": {"id": "v-1", "name": "vxc v-1",
-        "service_key": "k-1", "rate_mbps": 2000, "a_end": {"port": "mel-1"}}})), "rate_exceeds_key");
+    let e = err(
+        d.call(
+            json!({"op": "vxc.put", "vxc": {"id": "v-1", "name": "vxc v-1",
+        "service_key": "k-1", "rate_mbps": 2000, "a_end": {"port": "mel-1"}}}),
+        ),
+        "rate_exceeds_key",
+    );
     assert_eq!(e["max_speed_mbps"], json!(1000));
     // A multi-use key on the other port, two VXCs with assigned VLANs.
     ok(d.call(multi_use_key("m-1", "mel-2")));
@@ -158,14 +177,20 @@ fn vxc_on_absent_port_is_pending_and_survives_sigterm_and_restart() {
     assert_eq!(key["reason"], json!("key_used"));
     assert_eq!(key["used_by"], json!(["v-1"]));
     // Delete frees the VLANs; the single-use key stays used.
-    assert_eq!(ok(d.call(json!({"op": "vxc.delete", "id": "v-1"})))["deleted"], json!("v-1"));
+    assert_eq!(
+        ok(d.call(json!({"op": "vxc.delete", "id": "v-1"})))["deleted"],
+        json!("v-1")
+    );
     let key = ok(d.call(json!({"op": "key.get", "key": "k-1"})))["key"].clone();
     assert_eq!(key["reason"], json!("key_used"));
     assert_eq!(key["used_by"], json!([]));
     let ports = ok(d.call(json!({"op": "port.list"})));
     assert_eq!(ports["ports"][0]["vlans"], json!([2]));
     assert_eq!(ports["ports"][1]["vlans"], json!([2]));
-    err(d.call(json!({"op": "vxc.delete", "id": "v-1"})), "not_found");
+    err(
+        d.call(json!({"op": "vxc.delete", "id": "v-1"})),
+        "not_found",
+    );
 }
 
 #[test]
@@ -201,8 +226,14 @@ fn a_line_over_one_mebibyte_is_too_large_and_closes_the_connection() {
     big.resize((1 << 20) + 10, b'a');
     big.extend_from_slice(b"\"}\n");
     c.send_raw(&big);
-    err(c.read_answer().expect("an answer before closing"), "too_large");
-    assert!(c.read_answer().is_none(), "the connection is closed after too_large");
+    err(
+        c.read_answer().expect("an answer before closing"),
+        "too_large",
+    );
+    assert!(
+        c.read_answer().is_none(),
+        "the connection is closed after too_large"
+    );
     // A line of exactly the limit is still read (and refused only for its content).
     let mut c = d.client();
     let mut edge = b"{\"op\":\"hello\",\"pad\":\"".to_vec();
@@ -231,7 +262,10 @@ fn call_as(uid: u32, socket: &std::path::Path, request: &Value) -> Value {
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!("socat as uid {uid}: {e}: {text:?} {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "socat as uid {uid}: {e}: {text:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
@@ -242,7 +276,10 @@ fn changes_need_root_or_a_configured_writer() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let nobody = 4243;
-    let e = err(call_as(nobody, &d.socket, &multi_use_key("m-1", "syd-1")), "unauthorized");
+    let e = err(
+        call_as(nobody, &d.socket, &multi_use_key("m-1", "syd-1")),
+        "unauthorized",
+    );
     assert!(e["message"].as_str().unwrap().contains("uid 4243"), "{e}");
     ok(call_as(nobody, &d.socket, &json!({"op": "status"})));
     ok(call_as(nobody, &d.socket, &json!({"op": "key.list"})));
@@ -317,17 +354,29 @@ fn kill_9_during_a_burst_loses_nothing_acknowledged() {
         .map(|k| k["key"].as_str().unwrap().to_owned())
         .collect();
     for id in &acked {
-        assert!(stored.contains(id), "acknowledged key {id} lost after kill -9");
+        assert!(
+            stored.contains(id),
+            "acknowledged key {id} lost after kill -9"
+        );
     }
     // At most the one request in flight at the kill may have landed unacknowledged.
-    assert!(stored.len() <= acked.len() + 1, "{} stored, {} acknowledged", stored.len(), acked.len());
+    assert!(
+        stored.len() <= acked.len() + 1,
+        "{} stored, {} acknowledged",
+        stored.len(),
+        acked.len()
+    );
 }
 
 #[test]
 fn a_bad_config_stops_the_daemon_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[control]\nsocket = \"/tmp/x\"\n[reconcile]\nrepairs = false\n").unwrap();
+    std::fs::write(
+        &path,
+        "[control]\nsocket = \"/tmp/x\"\n[reconcile]\nrepairs = false\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vxcd"))
         .arg("--config")
         .arg(&path)

@@ -10,12 +10,15 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use vxcd::config::Config;
-use vxcd::dataplane::{Dataplane, DataplaneConfig};
+use vxcd::dataplane::Dataplane;
 use vxcd::engine::{self, Engine};
 use vxcd::server::{self, Control};
 
 #[derive(Parser)]
-#[command(version, about = "Edge-switch agent: service keys and VXCs into kernel state")]
+#[command(
+    version,
+    about = "Edge-switch agent: service keys and VXCs into kernel state"
+)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = "/etc/vxcd/vxcd.toml")]
@@ -84,7 +87,7 @@ async fn run(config: Config) -> Result<(), String> {
         model.keys().count(),
         model.vxcs().count()
     );
-    let dataplane = Dataplane::connect(DataplaneConfig::from(&config))
+    let dataplane = Dataplane::connect(config.dataplane())
         .await
         .map_err(|e| format!("opening netlink: {e}"))?;
     let events = dataplane
@@ -119,10 +122,7 @@ async fn run(config: Config) -> Result<(), String> {
         });
     }
     notify(sd_notify::NotifyState::Ready);
-    log::info!(
-        "listening on {}",
-        config.control.socket.display()
-    );
+    log::info!("listening on {}", config.control.socket.display());
 
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;

@@ -495,8 +495,13 @@ impl Dataplane {
                 ingress.insert(index);
             }
         }
-        let filters: Vec<(u32, IngressFilters)> = stream::iter(ingress.iter().copied())
-            .map(|index| async move { self.dump_ingress_filters(index).await.map(|f| (index, f)) })
+        // Futures are built into a Vec first: a lazily mapped stream of borrowing closures makes
+        // the whole future fail tokio::spawn's `Send` check (higher-ranked lifetime inference).
+        let dumps: Vec<_> = ingress
+            .iter()
+            .map(|&index| async move { self.dump_ingress_filters(index).await.map(|f| (index, f)) })
+            .collect();
+        let filters: Vec<(u32, IngressFilters)> = stream::iter(dumps)
             .buffer_unordered(self.cfg.max_in_flight.max(1))
             .filter_map(|r| async move {
                 match r {
@@ -1286,8 +1291,10 @@ impl Dataplane {
         let obs = self.observe().await?;
         let plan = plan::plan(desired, &obs);
         let width = self.cfg.max_in_flight.max(1);
-        let orphan_results: Vec<(Orphan, Result<(), DataplaneError>)> =
-            stream::iter(plan.orphans.iter().cloned())
+        let orphan_results: Vec<(Orphan, Result<(), DataplaneError>)> = stream::iter(
+            plan.orphans
+                .iter()
+                .cloned()
                 .map(|o| {
                     let obs = &obs;
                     async move {
@@ -1295,9 +1302,11 @@ impl Dataplane {
                         (o, r)
                     }
                 })
-                .buffer_unordered(width)
-                .collect()
-                .await;
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(width)
+        .collect()
+        .await;
         let mut report = ConvergeReport::default();
         for (o, r) in orphan_results {
             match r {
@@ -1332,14 +1341,18 @@ impl Dataplane {
                 }
             }
         }
-        let applied: Vec<(String, Result<Journal, DataplaneError>)> = stream::iter(to_apply)
-            .map(|spec| {
-                let obs = &obs;
-                async move { (spec.id.clone(), self.apply_from(spec, obs).await) }
-            })
-            .buffer_unordered(width)
-            .collect()
-            .await;
+        let applied: Vec<(String, Result<Journal, DataplaneError>)> = stream::iter(
+            to_apply
+                .into_iter()
+                .map(|spec| {
+                    let obs = &obs;
+                    async move { (spec.id.clone(), self.apply_from(spec, obs).await) }
+                })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(width)
+        .collect()
+        .await;
         let mut repaired = Vec::new();
         for (id, r) in applied {
             match r {

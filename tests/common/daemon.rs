@@ -1,7 +1,6 @@
 //! Runs the real `vxcd` binary for a test: in a network namespace the test made, with its own
 //! config, state directory and socket, and readiness taken from the daemon's own sd_notify
 //! READY=1 (so tests never guess with sleeps).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -12,82 +11,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::Netns;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace removed on drop.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = format!(
-            "vxt-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    /// Runs `ip -n NS args...`, panicking with its stderr on failure.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// Runs `ip -n NS args...` and returns whether it succeeded, with its stderr.
-    pub fn try_ip(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .expect("running ip");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Adds a veth pair inside the namespace, both ends up.
-    pub fn veth(&self, a: &str, b: &str) {
-        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
-        self.ip(&["link", "set", a, "up"]);
-        self.ip(&["link", "set", b, "up"]);
-    }
-
-    pub fn ifindex(&self, name: &str) -> Option<u32> {
-        let (ok, _) = self.try_ip(&["link", "show", name]);
-        if !ok {
-            return None;
-        }
-        let out = self.ip(&["-o", "link", "show", name]);
-        out.split(':').next()?.trim().parse().ok()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A running daemon and everything it owns for the test.
 pub struct Daemon {
@@ -115,11 +41,13 @@ pub fn config_text(dir: &Path, ports: &[(&str, &str)], extra: &str) -> String {
 }
 
 impl Daemon {
-    /// Starts vxcd in `netns` with the given config text and waits for READY=1.
-    pub fn start(netns: &Netns, config: &str) -> Daemon {
+    /// Starts vxcd in `netns` with these ports ((name, interface)) and extra config text, and
+    /// waits for READY=1.
+    pub fn start(netns: &Netns, ports: &[(&str, &str)], extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("vxcd.toml");
-        std::fs::write(&config_path, config).expect("writing config");
+        std::fs::write(&config_path, config_text(dir.path(), ports, extra))
+            .expect("writing config");
         let mut daemon = Daemon {
             child: None,
             socket: dir.path().join("control.sock"),
@@ -134,10 +62,10 @@ impl Daemon {
 
     /// Starts (again) with the same config and state; waits for READY=1.
     pub fn restart(&mut self) {
-        let notify_path = self.dir.path().join(format!(
-            "notify-{}",
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
+        let notify_path = self
+            .dir
+            .path()
+            .join(format!("notify-{}", NEXT.fetch_add(1, Ordering::SeqCst)));
         let notify = UnixDatagram::bind(&notify_path).expect("binding notify socket");
         notify
             .set_read_timeout(Some(Duration::from_secs(60)))

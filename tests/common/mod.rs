@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod daemon;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A network namespace made for one test; deleted on drop, even when the test fails.
@@ -165,6 +167,11 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A veth pair with both ends in one namespace, both up.
+pub fn veth_local(ns: &Netns, a_if: &str, b_if: &str) {
+    veth(ns, a_if, ns, b_if)
 }
 
 /// A veth pair `a_if` in `a` and `b_if` in `b`, both up.

@@ -72,6 +72,7 @@ macro_rules! lab_tests {
         )*
     };
 }
+#[allow(unused_imports)] // used by test files, not by the launcher
 pub use crate::lab_tests;
 
 static VM: OnceLock<Result<vm::VmRun, String>> = OnceLock::new();
@@ -117,27 +118,32 @@ pub fn scenario(name: &str, all: &[&str], body: impl FnOnce()) {
         Err(e) => panic!("lab scenario {name}: the lab VM could not run: {e}"),
     };
     let console = |output: &[String]| output.join("\n");
-    match run.verdict(name) {
+    let failure = match run.verdict(name) {
         vm::Verdict::Passed { guest_secs, .. } => {
             tell(&format!("lab: {name}: ok in {guest_secs:.2} s in the guest (VM wall {:.1} s)", run.wall.as_secs_f64()));
+            return;
         }
-        vm::Verdict::Failed { rc, guest_secs, output } => panic!(
+        vm::Verdict::Failed { rc, guest_secs, output } => format!(
             "lab scenario {name} FAILED in the guest (exit status {rc}{}) after {guest_secs:.2} s\n\
              ---- guest console for {name} ----\n{}\n---- end of guest console for {name} ----",
             if rc == 124 || rc == 143 { ", killed by the per-scenario timeout" } else { "" },
             console(output)
         ),
-        vm::Verdict::Unfinished { output } => panic!(
+        vm::Verdict::Unfinished { output } => format!(
             "lab scenario {name} did not finish: {}\n---- guest console for {name} ----\n{}\n---- end ----",
             run.abnormal_end.as_deref().unwrap_or("the guest stopped"),
             console(output)
         ),
-        vm::Verdict::NotStarted => panic!(
+        vm::Verdict::NotStarted => format!(
             "lab scenario {name} never started in the guest: {}\n---- last guest console lines ----\n{}\n---- end ----",
             run.abnormal_end.as_deref().unwrap_or("it was not in the VM's list"),
             run.console_tail(60)
         ),
-    }
+    };
+    // The guest's panic message and backtrace are in the console; a host-side panic message
+    // and backtrace would only bury them. libtest shows this test's captured stdout on failure.
+    println!("{failure}");
+    std::panic::resume_unwind(Box::new(failure));
 }
 
 /// The scenarios libtest's own filters select (`cargo test --test X name`, `--exact`, `--skip`),

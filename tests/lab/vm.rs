@@ -49,8 +49,11 @@ const MODULES: &[&str] = &[
     "act_police",
 ];
 
+/// Module parameters: no default devices in the root namespace, which scenarios do not own.
+const MODULE_PARAMS: &[(&str, &str)] = &[("dummy", "numdummies=0"), ("ifb", "numifbs=0")];
+
 /// Bumped when the base archive's layout changes, so stale caches are not reused.
-const BASE_LAYOUT_VERSION: u32 = 1;
+const BASE_LAYOUT_VERSION: u32 = 2;
 
 /// What the guest runs after boot.
 pub enum GuestMode {
@@ -141,17 +144,42 @@ fn find_vmlinuz(unpacked: &Path) -> Option<(String, PathBuf)> {
     })
 }
 
+/// How long the answer of `apt-cache depends` is reused: asking costs over a second and the
+/// kernel package changes with Debian point releases only.
+const KERNEL_CHOICE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// `cloud_kernel_package()`, remembered in `target/lab/kernel/choice` for a day.
+fn cloud_kernel_package_cached(kernels: &Path) -> Result<String, String> {
+    let choice = kernels.join("choice");
+    let fresh = fs::metadata(&choice)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < KERNEL_CHOICE_MAX_AGE);
+    if fresh {
+        if let Ok(pkg) = fs::read_to_string(&choice) {
+            if !pkg.trim().is_empty() {
+                return Ok(pkg.trim().to_string());
+            }
+        }
+    }
+    let pkg = cloud_kernel_package()?;
+    let _ = fs::create_dir_all(kernels);
+    let _ = fs::write(&choice, format!("{pkg}\n"));
+    Ok(pkg)
+}
+
 /// The cloud kernel, unpacked under `target/lab/kernel/<package>/`; downloaded once.
 pub fn kernel() -> Result<Kernel, String> {
     let kernels = lab_dir().join("kernel");
-    let pkg = match cloud_kernel_package() {
+    let pkg = match cloud_kernel_package_cached(&kernels) {
         Ok(pkg) => pkg,
         Err(e) => {
             // Offline but cached: use what we have rather than fail.
             let cached = fs::read_dir(&kernels).ok().and_then(|d| {
                 d.filter_map(Result::ok)
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("linux-image-") && !n.contains(".tmp"))
+                    .filter(|n| n.starts_with("linux-image-") && !n.contains(".tmp-"))
                     .max()
             });
             cached.ok_or_else(|| format!("cannot tell which cloud kernel to use: {e}"))?
@@ -426,8 +454,18 @@ fn base_archive(kernel: &Kernel) -> Result<PathBuf, String> {
             perm: 0o644,
         });
     }
-    let mut list = order.join("\n");
-    list.push('\n');
+    let mut list = String::new();
+    for rel in &order {
+        let stem = Path::new(rel)
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('-', "_"))
+            .unwrap_or_default();
+        let params = MODULE_PARAMS
+            .iter()
+            .find(|(m, _)| *m == stem)
+            .map_or("", |(_, p)| p);
+        list.push_str(&format!("{rel} {params}\n"));
+    }
     items.push(Item::Bytes {
         guest: "/lab/modules".into(),
         perm: 0o644,
@@ -513,11 +551,7 @@ mount -t tmpfs tmpfs /tmp
 ln -s /run /var/run
 export PATH=/lab:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root ENV=/etc/profile
 read up _ < /proc/uptime; echo "@@lab init uptime=$up"
-while read m; do insmod "/lib/modules/$m" || echo "@@lab insmod-failed $m"; done < /lab/modules
-# New namespaces inherit these; IPv6 off saves time per link and keeps captures free of ND noise.
-echo 1 > /proc/sys/net/core/devconf_inherit_init_net
-echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
-echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6
+while read m params; do insmod "/lib/modules/$m" $params || echo "@@lab insmod-failed $m"; done < /lab/modules
 /usr/sbin/ip link set lo up
 read up _ < /proc/uptime; echo "@@lab ready uptime=$up"
 . /lab/mode.sh
@@ -717,15 +751,18 @@ impl VmRun {
     }
 
     pub fn boot_summary(&self) -> String {
-        let up = |v: Option<f64>| v.map_or("?".to_string(), |s| format!("{s:.1} s"));
-        format!(
-            "kernel {}: host prep {:.1} s, /init at guest uptime {}, modules loaded at {}, VM wall {:.1} s",
+        let mut text = format!(
+            "kernel {}: host prep {:.1} s",
             self.kernel_version,
-            self.prep.as_secs_f64(),
-            up(self.init_uptime),
-            up(self.ready_uptime),
-            self.wall.as_secs_f64()
-        )
+            self.prep.as_secs_f64()
+        );
+        if let (Some(init), Some(ready)) = (self.init_uptime, self.ready_uptime) {
+            text.push_str(&format!(
+                ", /init at guest uptime {init:.1} s, modules loaded at {ready:.1} s"
+            ));
+        }
+        text.push_str(&format!(", VM wall {:.1} s", self.wall.as_secs_f64()));
+        text
     }
 }
 
@@ -776,9 +813,11 @@ pub fn boot(mode: GuestMode, interactive: bool) -> Result<VmRun, String> {
     .arg("-initrd")
     .arg(&initrd)
     // mitigations=off: page-table isolation costs a TLB flush per syscall under TCG.
+    // ipv6.disable_ipv6=1 is the default of every namespace's interfaces (a sysctl in the
+    // root namespace is not inherited): saves time per link, keeps captures free of ND noise.
     .args([
         "-append",
-        "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off",
+        "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off ipv6.disable_ipv6=1",
     ]);
     let console_log = lab_dir().join(format!("console-{exe_stem}.log"));
     let started = Instant::now();

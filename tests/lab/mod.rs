@@ -21,11 +21,13 @@
 //! where the test body runs for real. Each host test then reports its own scenario's verdict.
 //!
 //! Modules: `vm` (host side: kernel, initramfs, qemu), `net` (namespaces, links, ping, capture,
-//! state snapshot: usable in the guest and on the host), `cpio` (archive writer).
+//! state snapshot: usable in the guest and on the host), `proc` (background daemons, bounded
+//! waits), `cpio` (archive writer).
 #![allow(dead_code)] // each test executable uses a different part of the harness
 
 pub mod cpio;
 pub mod net;
+pub mod proc;
 pub mod vm;
 
 use std::io::Write;
@@ -62,12 +64,13 @@ pub fn bin(name: &str) -> std::path::PathBuf {
 macro_rules! lab_tests {
     ($( $(#[$meta:meta])* fn $name:ident() $body:block )*) => {
         /// Every lab scenario of this test executable, in the order the VM runs them.
-        const LAB_SCENARIOS: &[&str] = &[$(stringify!($name)),*];
+        const LAB_SCENARIOS: &[&str] = &[$(concat!(module_path!(), "::", stringify!($name))),*];
         $(
             $(#[$meta])*
             #[test]
             fn $name() {
-                $crate::lab::scenario(stringify!($name), LAB_SCENARIOS, || $body);
+                let name = concat!(module_path!(), "::", stringify!($name));
+                $crate::lab::scenario(name, LAB_SCENARIOS, || $body);
             }
         )*
     };
@@ -84,14 +87,24 @@ fn tell(text: &str) {
 
 /// The body of every lab `#[test]`: in the guest, runs the scenario; on the host, boots the shared
 /// VM (first caller) and turns this scenario's outcome into pass or fail.
+///
+/// `name` and `all` are module paths (`crate::module::test`); libtest names tests without the
+/// crate.
 pub fn scenario(name: &str, all: &[&str], body: impl FnOnce()) {
+    let test_name = |path: &str| {
+        path.split_once("::")
+            .map_or(path, |(_, rest)| rest)
+            .to_string()
+    };
+    let name = &test_name(name);
+    let all: Vec<String> = all.iter().map(|p| test_name(p)).collect();
     if in_guest() {
         install_snapshot_on_panic();
         body();
         return;
     }
     let run = VM.get_or_init(|| {
-        let selected = selected_scenarios(all);
+        let selected = selected_scenarios(&all);
         let run = vm::boot(vm::GuestMode::Scenarios(selected.clone()), false);
         if let Ok(run) = &run {
             let mut summary = format!(
@@ -148,7 +161,7 @@ pub fn scenario(name: &str, all: &[&str], body: impl FnOnce()) {
 
 /// The scenarios libtest's own filters select (`cargo test --test X name`, `--exact`, `--skip`),
 /// so running one scenario does not run them all in the VM.
-fn selected_scenarios(all: &[&str]) -> Vec<String> {
+fn selected_scenarios(all: &[String]) -> Vec<String> {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let mut exact = false;
@@ -174,7 +187,7 @@ fn selected_scenarios(all: &[&str]) -> Vec<String> {
     all.iter()
         .filter(|name| filters.is_empty() || filters.iter().any(|f| matches(name, f)))
         .filter(|name| !skips.iter().any(|s| matches(name, s)))
-        .map(|name| name.to_string())
+        .cloned()
         .collect()
 }
 

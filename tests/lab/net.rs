@@ -344,9 +344,10 @@ impl Capture {
     /// Stops tcpdump (SIGINT, so it flushes) and returns every line it printed.
     pub fn stop(mut self) -> Vec<String> {
         if let Some(child) = self.child.as_mut() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
+            // SIGINT lets tcpdump print its counters; the packet lines are line-buffered (-l)
+            // and already read.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
             let _ = child.wait();
         }
         self.child = None;

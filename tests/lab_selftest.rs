@@ -74,3 +74,26 @@ fn host_kernel_refuses_vlan_links() {
         "this kernel created a VLAN subinterface; the host tier now has 802.1Q: {attempt:?}"
     );
 }
+
+/// The topology helpers also serve the host tier (without VLANs): two hosts, a ping across,
+/// tcpdump -e in the far one sees untagged IPv4 frames.
+#[test]
+fn host_helpers_ping_and_capture_across_veth() {
+    let near = Netns::new("hnear");
+    let far = Netns::new("hfar");
+    veth(&near, "eth0", &far, "eth0");
+    near.addr("eth0", "10.31.0.1/24");
+    far.addr("eth0", "10.31.0.2/24");
+    let capture = far.capture("eth0", "icmp");
+    near.assert_ping("10.31.0.2", 2);
+    capture.wait_for(Duration::from_secs(20), |l| {
+        icmp_lines(l, "ICMP echo reply") >= 2
+    });
+    let lines = capture.stop();
+    assert!(
+        icmp_lines(&lines, "ICMP echo request") >= 2
+            && lines.iter().all(|l| l.contains("ethertype IPv4 (0x0800)")),
+        "expected 2 untagged echo requests on far eth0, tcpdump printed:\n{}",
+        lines.join("\n")
+    );
+}

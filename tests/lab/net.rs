@@ -285,6 +285,10 @@ impl Capture {
         let sink = Arc::clone(&lines);
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // tcpdump ends its output with an empty line when interrupted.
+                if line.trim().is_empty() {
+                    continue;
+                }
                 let (list, cv) = &*sink;
                 list.lock().unwrap().push(line);
                 cv.notify_all();

@@ -559,10 +559,25 @@ echo "@@lab done"
 poweroff -f
 "#;
 
+/// Host environment variables passed on to the guest's processes.
+const FORWARDED_ENV: &[&str] = &["RUST_BACKTRACE", "RUST_LOG"];
+
 fn mode_script(mode: &GuestMode, scenario_timeout_secs: u64) -> String {
-    match mode {
-        GuestMode::Scenarios(_) => format!(
-            r#"for t in $(cat /lab/scenarios); do
+    let mut exports = String::new();
+    for name in FORWARDED_ENV {
+        // Only values that need no shell quoting; anything else stays on the host.
+        let safe = |v: &String| {
+            v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_=,.:-".contains(c))
+        };
+        if let Some(value) = std::env::var(name).ok().filter(safe) {
+            exports.push_str(&format!("export {name}={value}\n"));
+        }
+    }
+    exports
+        + &match mode {
+            GuestMode::Scenarios(_) => format!(
+                r#"for t in $(cat /lab/scenarios); do
   read t0 _ < /proc/uptime
   echo "@@lab begin $t"
   VXCD_LAB_GUEST=1 timeout {scenario_timeout_secs} /lab/testexe --exact "$t" --nocapture --test-threads=1 </dev/null 2>&1
@@ -572,16 +587,16 @@ fn mode_script(mode: &GuestMode, scenario_timeout_secs: u64) -> String {
   echo "@@lab end $t rc=$rc t0=$t0 t1=$t1"
 done
 "#
-        ),
-        GuestMode::Shell { script: Some(_) } => {
-            "VXCD_LAB_GUEST=1 sh /lab/script; echo \"@@lab script rc=$?\"\n".to_string()
-        }
-        GuestMode::Shell { script: None } => {
-            "echo 'lab: shell in the guest; exit (or Ctrl-D) powers off, Ctrl-A X kills qemu'\n\
+            ),
+            GuestMode::Shell { script: Some(_) } => {
+                "VXCD_LAB_GUEST=1 sh /lab/script; echo \"@@lab script rc=$?\"\n".to_string()
+            }
+            GuestMode::Shell { script: None } => {
+                "echo 'lab: shell in the guest; exit (or Ctrl-D) powers off, Ctrl-A X kills qemu'\n\
              VXCD_LAB_GUEST=1 setsid cttyhack sh -l\n"
-                .to_string()
+                    .to_string()
+            }
         }
-    }
 }
 
 /// The project's binaries: from cargo when this is an integration test, else next to the

@@ -17,6 +17,8 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+# rustup's toolchain links with the system C compiler.
+command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need_pkgs[*]}; run as root to install them" >&2

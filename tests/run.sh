@@ -6,13 +6,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
+# Lab tier (tests/lab/README.md): qemu boots Debian's cloud kernel (fetched by the harness with
+# apt-get download into target/lab/) with an initramfs holding static busybox, iproute2, tcpdump.
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx ip || need_pkgs+=(busybox-static)
+# A static busybox: ldd fails on it ("not a dynamic executable").
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need_pkgs+=(busybox-static)
 command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+# rustup's toolchain links with the system C compiler.
+command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests/run.sh: missing ${need_pkgs[*]}; run as root to install them" >&2
@@ -21,7 +27,8 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  # Without recommends: qemu-system-x86 would pull a GUI the lab does not use.
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust with rustup)" >&2; exit 2; }
 

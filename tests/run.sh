@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_pkgs=()
-# Lab tier (tests/lab/README.md): qemu boots Debian's cloud kernel (fetched by the harness with
+# Lab tier (README.md, "The kernel lab"): qemu boots Debian's cloud kernel (fetched by the harness with
 # apt-get download into target/lab/) with an initramfs holding static busybox, iproute2, tcpdump.
 command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
 # A static busybox: ldd fails on it ("not a dynamic executable").

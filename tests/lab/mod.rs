@@ -1,6 +1,6 @@
 //! The kernel lab: scenarios that need a kernel with 802.1Q (and the rest of the cloud kernel's
 //! modules) run as ordinary `cargo test` integration tests inside a qemu (TCG) guest booting
-//! Debian's cloud kernel. See tests/lab/README.md.
+//! Debian's cloud kernel. See "The kernel lab" in README.md.
 //!
 //! Use from an integration test file:
 //!

@@ -388,3 +388,117 @@ fn a_bad_config_stops_the_daemon_naming_file_line_and_key() {
     assert!(stderr.contains("line 4"), "{stderr}");
     assert!(stderr.contains("repairs"), "{stderr}");
 }
+
+/// Runs the real vxcctl against the daemon; returns (exit code, stdout, stderr).
+fn vxcctl(d: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vxcctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .output()
+        .expect("running vxcctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn vxcctl_against_the_running_daemon() {
+    let ns = Netns::new("cli");
+    veth_local(&ns, "p1", "p1x");
+    veth_local(&ns, "p2", "p2x");
+    let d = Daemon::start(
+        &ns,
+        &[("syd-1", "p1"), ("syd-2", "p2"), ("mel-2", "nope2")],
+        "",
+    );
+    let (code, out, err) = vxcctl(
+        &d,
+        &[
+            "key",
+            "put",
+            "--key",
+            "k-1",
+            "--port",
+            "syd-2",
+            "--max-speed",
+            "1000",
+            "--single-use",
+            "--vlan",
+            "100",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = vxcctl(
+        &d,
+        &[
+            "vxc", "put", "--id", "v-1", "--name", "acme", "--key", "k-1", "--rate", "100",
+            "--a-port", "syd-1", "--a-vlan", "200",
+        ],
+    );
+    // syd-1 exists but has no 802.1Q here: refused by the kernel, exit 1 with the code on stderr.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("dataplane") && err.contains("802.1Q"), "{err}");
+    // A-End on the absent port: pending, shown in the table.
+    let (code, out, err) = vxcctl(
+        &d,
+        &[
+            "key",
+            "put",
+            "--key",
+            "m-1",
+            "--port",
+            "syd-1",
+            "--max-speed",
+            "500",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = vxcctl(
+        &d,
+        &[
+            "vxc", "put", "--id", "v-2", "--name", "beta", "--key", "k-1", "--rate", "100",
+            "--a-port", "mel-2", "--a-vlan", "300",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = vxcctl(&d, &["vxcs"]);
+    assert_eq!(code, 0);
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("STATE"),
+        "{out}"
+    );
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("v-2"))
+        .expect("a row for v-2");
+    assert!(
+        row.contains("pending") && row.contains("mel-2/300 (nope2.300)"),
+        "{out}"
+    );
+    let (code, out, _) = vxcctl(&d, &["--json", "vxc", "show", "v-2"]);
+    assert_eq!(code, 0);
+    let shown: Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(shown["vxc"]["b_end"]["vlan"], json!(100));
+    let (code, out, _) = vxcctl(&d, &["ports"]);
+    assert_eq!(code, 0);
+    let syd = out.lines().find(|l| l.starts_with("syd-1")).unwrap();
+    assert!(syd.contains("yes"), "syd-1's interface is present: {out}");
+    let mel = out.lines().find(|l| l.starts_with("mel-2")).unwrap();
+    assert!(mel.contains(" no ") && mel.contains("300"), "{out}");
+    let (code, out, _) = vxcctl(&d, &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("vxcs") && out.contains("1"), "{out}");
+    let (code, _, err) = vxcctl(&d, &["vxc", "delete", "v-9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not_found") && err.contains("v-9"), "{err}");
+    let (code, out, _) = vxcctl(&d, &["vxc", "delete", "v-2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out, _) = vxcctl(&d, &["--json", "keys"]);
+    assert_eq!(code, 0);
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(keys["keys"][0]["reason"], json!("key_used"));
+}

@@ -402,13 +402,32 @@ impl Engine {
                 }
             }
         }
+        let started = Instant::now();
+        let first = self.last_reconcile.is_none();
+        if first {
+            log::info!("converging the kernel to {} VXCs", desired.len());
+        }
+        let repairs_before = self.drift_repairs;
         let outcome = if self.repair {
             self.converge(&desired).await
         } else {
             self.check(&desired).await
         };
         match outcome {
-            Ok(()) => self.last_reconcile = Some(OffsetDateTime::now_utc()),
+            Ok(()) => {
+                self.last_reconcile = Some(OffsetDateTime::now_utc());
+                let repaired = self.drift_repairs - repairs_before;
+                if first || repaired > 0 {
+                    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                    for state in self.states.values() {
+                        *counts.entry(state.name()).or_default() += 1;
+                    }
+                    log::info!(
+                        "reconciled in {:.2} s: {repaired} repairs; VXCs {counts:?}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
             Err(e) => log::error!("reconcile: reading the kernel failed: {e}"),
         }
     }

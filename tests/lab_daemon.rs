@@ -42,13 +42,18 @@ struct Vxcd {
 impl Vxcd {
     /// Starts vxcd in `ns` with the ports `cust` = cust0 and `prov` = prov0 and `extra` config.
     fn start(ns: &Netns, extra: &str) -> Vxcd {
+        Vxcd::start_with_ports(ns, extra, "cust0", "prov0")
+    }
+
+    /// Like `start`, with other interfaces for the ports `cust` and `prov`.
+    fn start_with_ports(ns: &Netns, extra: &str, cust_if: &str, prov_if: &str) -> Vxcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("control.sock");
         let config = dir.path().join("vxcd.toml");
         let text = format!(
             "[control]\nsocket = \"{}\"\nmode = \"0600\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n\n\
-             [[port]]\nname = \"cust\"\ninterface = \"cust0\"\n\n\
-             [[port]]\nname = \"prov\"\ninterface = \"prov0\"\n",
+             [[port]]\nname = \"cust\"\ninterface = \"{cust_if}\"\n\n\
+             [[port]]\nname = \"prov\"\ninterface = \"{prov_if}\"\n",
             socket.display(),
             dir.path().join("state").display()
         );
@@ -224,13 +229,15 @@ impl Vxcd {
     }
 }
 
-/// A failed scenario shows the daemon's log in the console (before the snapshot of the network
-/// state that the panic hook printed, and before the namespaces go).
+/// The daemon's log goes to the guest console when the scenario ends (after the network state
+/// snapshot when it failed, before the namespaces go): the host shows it for a failed scenario
+/// and keeps it in target/lab/console-*.log either way.
 impl Drop for Vxcd {
     fn drop(&mut self) {
-        if std::thread::panicking() || std::env::var_os("VXCD_LAB_DAEMON_LOG").is_some() {
-            eprintln!("---- vxcd log ----\n{}---- end of vxcd log ----", self.log());
-        }
+        eprintln!(
+            "---- vxcd log ----\n{}---- end of vxcd log ----",
+            self.log()
+        );
     }
 }
 
@@ -438,16 +445,107 @@ fn measure_udp(
     (mbps, frames, sent)
 }
 
-fn assert_rate(measured: f64, configured: f64, what: &str, vxcd: &Vxcd, edge: &Netns) {
-    let low = configured * 0.9;
-    let high = configured * 1.1;
+/// Measures the rate from `sender` to `to` (in `receiver`) and asserts it is within 10 % of
+/// `configured`. A stall of the emulator (the host's cores are shared) can only lower a
+/// measurement, never raise it (the shaper's bucket is capped at its burst), so a measurement
+/// below the range is taken once more and the higher one counts: a shaper at the wrong rate
+/// fails both.
+fn assert_rate(
+    (sender, receiver, to): (&Netns, &Netns, &str),
+    configured: f64,
+    what: &str,
+    vxcd: &Vxcd,
+    edge: &Netns,
+) {
+    let (low, high) = (configured * 0.9, configured * 1.1);
+    let offer = configured * 1.5;
+    let send_for = Duration::from_secs(3);
+    let mut measured = vec![measure_udp(sender, receiver, to, offer, send_for).0];
+    if measured[0] < low {
+        measured.push(measure_udp(sender, receiver, to, offer, send_for).0);
+    }
+    let best = measured.iter().copied().fold(f64::MIN, f64::max);
     assert!(
-        (low..=high).contains(&measured),
-        "{what}: measured {measured:.2} Mbit/s, configured {configured} Mbit/s (allowed {low:.1} to {high:.1})\n\
+        (low..=high).contains(&best),
+        "{what}: measured {measured:.2?} Mbit/s, configured {configured} Mbit/s (allowed {low:.1} to {high:.1})\n\
          tc -s qdisc in the edge:\n{}\nvxcd log:\n{}",
         edge.tc("-s qdisc show"),
         vxcd.log()
     );
+}
+
+/// 32-bit FNV-1a, as the dataplane module doc specifies for end names that do not fit.
+fn fnv1a32(data: &[u8]) -> u32 {
+    data.iter().fold(0x811c_9dc5u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// When `burst_then_kill` sends SIGKILL.
+enum KillAt {
+    /// Once this many puts were acknowledged.
+    Acked(usize),
+    /// As soon as the put in flight has a subinterface in the kernel (or after 40 puts if the
+    /// poll never catches one).
+    MidApply,
+}
+
+/// Sends vxc.put burst-N (N from `first`) back to back on one connection until the daemon is
+/// killed at `kill_at`; returns the acknowledged ids and the one in flight.
+fn burst_then_kill(
+    vxcd: &mut Vxcd,
+    edge: &Netns,
+    first: usize,
+    kill_at: KillAt,
+) -> (Vec<String>, String) {
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let in_flight = Arc::new(Mutex::new(String::new()));
+    let burst = {
+        let (acked, in_flight) = (acked.clone(), in_flight.clone());
+        let mut client = vxcd.client();
+        std::thread::spawn(move || {
+            for i in first..first + 500 {
+                let id = format!("burst-{i}");
+                *in_flight.lock().unwrap() = id.clone();
+                match client.call(&vxc_put(&id, "key-m", AEnd::Assigned, 20)) {
+                    Some(answer) => {
+                        assert_eq!(answer["ok"], json!(true), "{id}: {answer}");
+                        acked.lock().unwrap().push(id);
+                    }
+                    None => return,
+                }
+            }
+            panic!("the burst ended before the daemon was killed");
+        })
+    };
+    let mut caught_mid_apply = false;
+    match kill_at {
+        KillAt::Acked(n) => wait_until(LIMIT, "acknowledged puts", || {
+            acked.lock().unwrap().len() >= n
+        }),
+        KillAt::MidApply => wait_until(LIMIT, "a put in the middle of its apply", || {
+            let flying = format!("vxcd:{}:", in_flight.lock().unwrap());
+            caught_mid_apply = edge
+                .links()
+                .iter()
+                .any(|l| l.alias.as_deref().is_some_and(|a| a.starts_with(&flying)));
+            caught_mid_apply || acked.lock().unwrap().len() >= 40
+        }),
+    }
+    vxcd.kill9();
+    burst.join().expect("burst thread");
+    let acked = acked.lock().unwrap().clone();
+    let in_flight = in_flight.lock().unwrap().clone();
+    eprintln!(
+        "killed after {} acknowledged puts; {in_flight} was in flight{}",
+        acked.len(),
+        if caught_mid_apply {
+            " with a subinterface already made"
+        } else {
+            ""
+        }
+    );
+    (acked, in_flight)
 }
 
 lab::lab_tests! {
@@ -461,10 +559,17 @@ lab::lab_tests! {
         topo.customer.add_vlan("eth0", 201, "10.1.1.1/24");
         topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
         topo.provider.add_vlan("eth0", 101, "10.1.1.2/24");
+        // IPv6 on for new links in the edge (the lab boots with it off; the port interfaces
+        // keep it off, so the edge host says nothing untagged on the wires): vxcd's
+        // subinterfaces must still get no link-local address and send nothing of their own (no
+        // ND, no MLD) into a VXC.
+        topo.edge.sh("echo 0 > /proc/sys/net/ipv6/conf/default/disable_ipv6");
         let vxcd = Vxcd::start(&topo.edge, "");
-
         let status = vxcd.status();
         assert_eq!(status["kernel"]["vlan_8021q"], json!(true), "{status}");
+        // From before the VXCs exist to the end of the first ping.
+        let customer_wire = topo.customer.capture("eth0", "");
+        let provider_wire = topo.provider.capture("eth0", "");
 
         vxcd.ok(single_use_key("key-100", "prov", 100));
         vxcd.ok(single_use_key("key-101", "prov", 101));
@@ -497,9 +602,14 @@ lab::lab_tests! {
         assert_eq!(shaped_interfaces(&topo.edge), ends);
         assert_eq!(ingress_interfaces(&topo.edge), ends);
 
+        for dev in ends.iter() {
+            let ipv6_off = topo.edge.sh(&format!("cat /proc/sys/net/ipv6/conf/{dev}/disable_ipv6"));
+            assert_eq!(ipv6_off.trim(), "0", "IPv6 must be on for {dev}, or the check below proves nothing");
+            let addresses = topo.edge.ip(&format!("-o addr show dev {dev}"));
+            assert!(!addresses.contains("inet6"), "{dev} has an IPv6 address: {addresses}");
+        }
+
         // VXC 1 carries a ping; VXC 2's subinterfaces in the edge carry nothing of it.
-        let customer_wire = topo.customer.capture("eth0", "");
-        let provider_wire = topo.provider.capture("eth0", "");
         let other_a = topo.edge.capture("cust0.201", "");
         let other_b = topo.edge.capture("prov0.101", "");
         topo.customer.assert_ping("10.1.0.2", 3);
@@ -519,13 +629,17 @@ lab::lab_tests! {
             assert!(line.contains("ethertype 802.1Q (0x8100)") && line.contains("vlan 100,"),
                 "provider eth0: frame not tagged 100: {line}\nall:\n{}", provider.join("\n"));
         }
+        for line in customer.iter().chain(&provider) {
+            assert!(!line.contains("IPv6"), "an IPv6 frame crossed a VXC: {line}");
+        }
         assert_eq!(vlans_seen(&customer), BTreeSet::from([200]));
         assert_eq!(vlans_seen(&provider), BTreeSet::from([100]));
         assert!(leak_a.is_empty() && leak_b.is_empty(),
             "VXC 1's traffic reached VXC 2's subinterfaces:\ncust0.201:\n{}\nprov0.101:\n{}",
             leak_a.join("\n"), leak_b.join("\n"));
 
-        // And the other way round: VXC 2 works and VXC 1 stays silent.
+        // And the other way round: VXC 2 carries a ping, VXC 1's subinterfaces see none of it.
+        // (VXC 1 may carry the hosts' own ARP refreshes now: only VXC 2's addresses count.)
         let provider_wire = topo.provider.capture("eth0", "");
         let other_a = topo.edge.capture("cust0.200", "");
         let other_b = topo.edge.capture("prov0.100", "");
@@ -533,11 +647,11 @@ lab::lab_tests! {
         provider_wire.wait_for(LIMIT, |l| icmp(l).len() >= 4);
         let provider = provider_wire.stop();
         let (leak_a, leak_b) = (other_a.stop(), other_b.stop());
-        assert!(icmp(&provider).len() >= 4, "provider:\n{}", provider.join("\n"));
-        assert_eq!(vlans_seen(&provider), BTreeSet::from([101]), "{}", provider.join("\n"));
-        assert!(leak_a.is_empty() && leak_b.is_empty(),
-            "VXC 2's traffic reached VXC 1's subinterfaces:\ncust0.200:\n{}\nprov0.100:\n{}",
-            leak_a.join("\n"), leak_b.join("\n"));
+        let vxc2_lines: Vec<String> = provider.iter().filter(|l| l.contains("10.1.1.")).cloned().collect();
+        assert!(icmp(&vxc2_lines).len() >= 4, "provider:\n{}", provider.join("\n"));
+        assert_eq!(vlans_seen(&vxc2_lines), BTreeSet::from([101]), "{}", provider.join("\n"));
+        let leaked: Vec<&String> = leak_a.iter().chain(&leak_b).filter(|l| l.contains("10.1.1.")).collect();
+        assert!(leaked.is_empty(), "VXC 2's traffic reached VXC 1's subinterfaces: {leaked:?}");
 
         // vxcctl against the running daemon: tables and --json.
         let table = vxcctl_status_fields(&vxcd.vxcctl(&["status"]));
@@ -564,6 +678,15 @@ lab::lab_tests! {
         }
         let json_vxcs: Value = serde_json::from_str(&vxcd.vxcctl(&["--json", "vxcs"])).expect("vxcs --json");
         assert_eq!(json_vxcs, vxcd.ok(json!({"op": "vxc.list"})));
+
+        // Deleting VXC 2 takes its subinterfaces (and with them their qdiscs and filters) away
+        // and leaves VXC 1 working.
+        assert_eq!(vxcd.ok(json!({"op": "vxc.delete", "id": "vxc-2"})), json!({"deleted": "vxc-2"}));
+        let vxc1_ends: BTreeSet<String> = ["cust0.200", "prov0.100"].map(String::from).into();
+        assert_eq!(owned_links(&topo.edge), vxc1_ends);
+        assert_eq!(shaped_interfaces(&topo.edge), vxc1_ends);
+        assert_eq!(ingress_interfaces(&topo.edge), vxc1_ends);
+        topo.customer.assert_ping("10.1.0.2", 1);
     }
 
     /// (b): an untagged A-End takes the customer's port interface itself: the customer's untagged
@@ -573,13 +696,25 @@ lab::lab_tests! {
         let topo = topology();
         topo.customer.addr("eth0", "10.2.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.2.0.2/24");
-        let vxcd = Vxcd::start(&topo.edge, "");
+        // A provider port interface with a name of the full 15 characters: `{parent}.100` does
+        // not fit IFNAMSIZ, so the B-End is `vx{fnv1a32(parent):08x}.100`.
+        let long = "provider-port-1";
+        topo.edge.ip("link set prov0 down");
+        topo.edge.ip(&format!("link set prov0 name {long} up"));
+        let vxcd = Vxcd::start_with_ports(&topo.edge, "", "cust0", long);
         vxcd.ok(single_use_key("key-u", "prov", 100));
         let vxc = vxcd.ok(vxc_put("vxc-u", "key-u", AEnd::Untagged, 100))["vxc"].clone();
-        assert_up(&vxc, "cust0", "prov0.100");
+        let b_end = format!("vx{:08x}.100", fnv1a32(long.as_bytes()));
+        assert_up(&vxc, "cust0", &b_end);
         assert_eq!(vxc["a_end"]["untagged"], json!(true), "{vxc}");
-        assert_eq!(shaped_interfaces(&topo.edge), ["cust0", "prov0.100"].map(String::from).into());
-        assert_eq!(owned_links(&topo.edge), ["prov0.100"].map(String::from).into(),
+        let link = topo.edge.link(&b_end).unwrap_or_else(|| panic!("no {b_end}: {:?}", topo.edge.links()));
+        assert_eq!(
+            (link.kind.as_deref(), link.vlan, link.parent.as_deref(), link.alias.as_deref()),
+            (Some("vlan"), Some(100), Some(long), Some("vxcd:vxc-u:b"))
+        );
+        assert_eq!(shaped_interfaces(&topo.edge), ["cust0".to_string(), b_end.clone()].into());
+        assert_eq!(ingress_interfaces(&topo.edge), ["cust0".to_string(), b_end.clone()].into());
+        assert_eq!(owned_links(&topo.edge), [b_end.clone()].into(),
             "the untagged end is the port itself, never an owned link");
 
         let customer_wire = topo.customer.capture("eth0", "");
@@ -617,11 +752,9 @@ lab::lab_tests! {
         assert_up(&vxc, "cust0.200", "prov0.100");
         topo.customer.assert_ping("10.3.0.2", 1); // ARP on both sides before measuring
 
-        let send_for = Duration::from_secs(3);
-        let (to_provider, ..) = measure_udp(&topo.customer, &topo.provider, "10.3.0.2", 15.0, send_for);
-        assert_rate(to_provider, 10.0, "customer to provider at 10 Mbit/s", &vxcd, &topo.edge);
-        let (to_customer, ..) = measure_udp(&topo.provider, &topo.customer, "10.3.0.1", 15.0, send_for);
-        assert_rate(to_customer, 10.0, "provider to customer at 10 Mbit/s", &vxcd, &topo.edge);
+        let (customer, provider) = (&topo.customer, &topo.provider);
+        assert_rate((customer, provider, "10.3.0.2"), 10.0, "customer to provider at 10 Mbit/s", &vxcd, &topo.edge);
+        assert_rate((provider, customer, "10.3.0.1"), 10.0, "provider to customer at 10 Mbit/s", &vxcd, &topo.edge);
 
         let before = (topo.edge.ifindex("cust0.200"), topo.edge.ifindex("prov0.100"));
         let changed = vxcd.ok(vxc_put("vxc-r", "key-r", AEnd::Vlan(200), 5))["vxc"].clone();
@@ -635,8 +768,7 @@ lab::lab_tests! {
                 "{dev} does not show TBF 7863: at 5Mbit:\n{qdisc}");
         }
         assert_eq!(vxcd.ok(json!({"op": "vxc.get", "id": "vxc-r"}))["vxc"]["rate_mbps"], json!(5));
-        let (slower, ..) = measure_udp(&topo.customer, &topo.provider, "10.3.0.2", 8.0, send_for);
-        assert_rate(slower, 5.0, "customer to provider after the change to 5 Mbit/s", &vxcd, &topo.edge);
+        assert_rate((customer, provider, "10.3.0.2"), 5.0, "customer to provider after the change to 5 Mbit/s", &vxcd, &topo.edge);
     }
 
     /// (f): SIGTERM and a new start keep the state and every ifindex; then `kill -9` in the middle
@@ -664,56 +796,36 @@ lab::lab_tests! {
         assert_eq!(vxcd.status()["drift_repairs"], json!(0), "nothing was there to repair");
         topo.customer.assert_ping("10.4.0.2", 1);
 
-        // A burst of puts on one connection (a multi-use key, VLANs assigned on both ends),
-        // killed with SIGKILL once a few were acknowledged.
+        // Bursts of puts on one connection (a multi-use key, VLANs assigned on both ends), cut
+        // by SIGKILL: once after a few acknowledgements, once as soon as the put in flight has
+        // made its first subinterface (in the middle of an apply, when the poll catches it).
         vxcd.ok(multi_use_key("key-m", "prov"));
-        let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-        let in_flight = Arc::new(Mutex::new(None::<String>));
-        let burst = {
-            let (acked, in_flight) = (acked.clone(), in_flight.clone());
-            let mut client = vxcd.client();
-            std::thread::spawn(move || {
-                for i in 0..200 {
-                    let id = format!("burst-{i}");
-                    *in_flight.lock().unwrap() = Some(id.clone());
-                    match client.call(&vxc_put(&id, "key-m", AEnd::Assigned, 20)) {
-                        Some(answer) => {
-                            assert_eq!(answer["ok"], json!(true), "{id}: {answer}");
-                            acked.lock().unwrap().push(id);
-                        }
-                        None => return,
-                    }
-                }
-                panic!("the burst ended before the daemon was killed");
-            })
-        };
-        wait_until(LIMIT, "6 acknowledged puts", || acked.lock().unwrap().len() >= 6);
-        vxcd.kill9();
-        burst.join().expect("burst thread");
-        let acked = acked.lock().unwrap().clone();
-        let in_flight = in_flight.lock().unwrap().clone().expect("a put was in flight");
-        eprintln!("killed after {} acknowledged puts; {in_flight} was in flight", acked.len());
-
-        vxcd.launch();
-        let vxcs = vxcd.vxcs();
-        let ids: BTreeSet<String> = vxcs.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
-        let mut allowed: BTreeSet<String> = acked.iter().cloned().collect();
-        allowed.insert("vxc-s".into());
-        for id in allowed.iter() {
-            assert!(ids.contains(id), "acknowledged {id} is missing after kill -9 and restart: {ids:?}\n{}", vxcd.log());
+        let mut must: BTreeSet<String> = BTreeSet::from(["vxc-s".to_string()]);
+        let mut may = BTreeSet::new();
+        for (round, kill_at) in [KillAt::Acked(6), KillAt::MidApply].into_iter().enumerate() {
+            let (acked, in_flight) = burst_then_kill(&mut vxcd, &topo.edge, round * 1000, kill_at);
+            must.extend(acked);
+            may.insert(in_flight);
+            vxcd.launch();
+            let vxcs = vxcd.vxcs();
+            let ids: BTreeSet<String> =
+                vxcs.iter().map(|v| v["id"].as_str().unwrap().to_string()).collect();
+            let missing: Vec<&String> = must.difference(&ids).collect();
+            assert!(missing.is_empty(), "acknowledged {missing:?} missing after kill -9 and restart\n{}", vxcd.log());
+            let extra: Vec<&String> = ids.difference(&must).filter(|id| !may.contains(*id)).collect();
+            assert!(extra.is_empty(), "after kill -9 the state holds VXCs never put: {extra:?}");
+            for v in &vxcs {
+                assert_eq!(v["state"], json!("up"), "{v}");
+            }
+            let ends = end_interfaces(&vxcs);
+            assert_eq!(owned_links(&topo.edge), ends,
+                "owned subinterfaces must be exactly the VXCs' ends\n{}", vxcd.log());
+            assert_eq!(shaped_interfaces(&topo.edge), ends, "vxcd's TBFs");
+            assert_eq!(ingress_interfaces(&topo.edge), ends, "ingress qdiscs");
+            // What the restart found is what stays in the state from now on.
+            must = ids;
+            may.clear();
         }
-        allowed.insert(in_flight.clone());
-        assert!(ids.is_subset(&allowed), "after kill -9 the state holds VXCs never put: {ids:?}, acknowledged {acked:?} + {in_flight}");
-        for v in &vxcs {
-            assert_eq!(v["state"], json!("up"), "{v}");
-        }
-        let ends = end_interfaces(&vxcs);
-        let tagged_ends: BTreeSet<String> = ends.iter().filter(|e| e.contains('.')).cloned().collect();
-        assert_eq!(owned_links(&topo.edge), tagged_ends,
-            "owned subinterfaces must be exactly the VXCs' ends\n{}", vxcd.log());
-        assert_eq!(shaped_interfaces(&topo.edge), ends, "vxcd's TBFs");
-        assert_eq!(ingress_interfaces(&topo.edge), ends, "ingress qdiscs");
-        assert_eq!(vxcd.vxcs(), vxcs);
         topo.customer.assert_ping("10.4.0.2", 1);
     }
 
@@ -755,6 +867,18 @@ lab::lab_tests! {
         assert!(qdisc.contains("rate 100Mbit"), "{qdisc}");
         let after_tbf = repairs(&vxcd);
 
+        // The customer port's MTU goes up to 9000: the subinterface follows, and its shaper's
+        // burst (at least 8 full-size frames) with it.
+        let burst_before = topo.edge.tc("qdisc show dev cust0.200 root");
+        topo.edge.ip("link set cust0 mtu 9000");
+        wait_until(LIMIT, "cust0.200 at MTU 9000 with a new burst", || {
+            topo.edge.ip("-o link show dev cust0.200").contains("mtu 9000 ")
+                && topo.edge.tc("qdisc show dev cust0.200 root") != burst_before
+        });
+        let after_mtu = repairs(&vxcd);
+        assert!(after_mtu > after_tbf, "the MTU repair is counted");
+        let after_tbf = after_mtu;
+
         // Foreign VLAN subinterfaces (not in the owner group, no alias), one named like a vxcd
         // end would be: untouched by the reconciles that follow.
         topo.edge.ip("link add link cust0 name cust0.300 up type vlan id 300");
@@ -777,6 +901,21 @@ lab::lab_tests! {
         assert_eq!(repairs(&vxcd), after_tbf, "foreign links are no drift\n{}", vxcd.log());
         assert_eq!(owned_links(&topo.edge), ["cust0.200", "prov0.100"].map(String::from).into());
         topo.customer.assert_ping("10.5.0.2", 1);
+
+        // The customer's port goes away (its veth is deleted, and the kernel takes the
+        // subinterface with it): the VXC is pending; the port comes back: the VXC is rebuilt
+        // and carries traffic again.
+        let state = |vxcd: &Vxcd| vxcd.ok(json!({"op": "vxc.get", "id": "vxc-d"}))["vxc"]["state"].clone();
+        topo.customer.ip("link del eth0");
+        wait_until(LIMIT, "vxc-d pending while cust0 is gone", || state(&vxcd) == json!("pending"));
+        let port = vxcd.ok(json!({"op": "port.list"}))["ports"][0].clone();
+        assert_eq!(port["present"], json!(false), "{port}");
+        lab::net::veth(&topo.customer, "eth0", &topo.edge, "cust0");
+        topo.customer.add_vlan("eth0", 200, "10.5.0.1/24");
+        wait_until(LIMIT, "vxc-d up again once cust0 is back", || {
+            state(&vxcd) == json!("up") && topo.edge.link("cust0.200").is_some()
+        });
+        topo.customer.assert_ping("10.5.0.2", 2);
     }
 
     /// (h): the kernel refuses the second half of an apply (the B-End's VLAN 100 is already in
@@ -799,8 +938,9 @@ lab::lab_tests! {
                 let filters = topo.edge.tc(&format!("filter show dev {dev} ingress"));
                 assert!(filters.trim().is_empty(), "filters left on {dev}:\n{filters}");
             }
-            assert!(topo.edge.link("cust0.200").is_none() && topo.edge.link("cust0.201").is_none(),
-                "the A-End subinterface is left: {:?}", topo.edge.links());
+            for a_end in ["cust0.200", "cust0.201", "cust0.202"] {
+                assert!(topo.edge.link(a_end).is_none(), "{a_end} is left: {:?}", topo.edge.links());
+            }
             assert_eq!(vxcd.vxcs(), Vec::<Value>::new());
             let key = vxcd.ok(json!({"op": "key.get", "key": key}))["key"].clone();
             assert_eq!((key["redeemable"].clone(), key["used_by"].clone()), (json!(true), json!([])), "{key}");
@@ -825,6 +965,15 @@ lab::lab_tests! {
         nothing_left(&vxcd, "key-y");
         assert_eq!(topo.edge.link("prov0.101").and_then(|l| l.kind), Some("dummy".into()),
             "the foreign link is kept");
+
+        // A foreign link using the B-End's VLAN on prov0 under another name.
+        topo.edge.ip("link add link prov0 name other.102 type vlan id 102");
+        vxcd.ok(single_use_key("key-z", "prov", 102));
+        let error = vxcd.refused(vxc_put("vxc-z", "key-z", AEnd::Vlan(202), 100), "dataplane");
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(message.contains("other.102") && message.contains("VLAN 102"),
+            "the error must name the link holding the VLAN: {error}");
+        nothing_left(&vxcd, "key-z");
 
         topo.edge.ip("link del prov0.101");
         let vxc = vxcd.ok(vxc_put("vxc-y", "key-y", AEnd::Vlan(201), 100))["vxc"].clone();

@@ -359,10 +359,6 @@ fn vlans_seen(lines: &[String]) -> BTreeSet<u16> {
         .collect()
 }
 
-fn topology() -> Topology {
-    Topology::new()
-}
-
 /// Asserts the VXC answer is up with these end interfaces.
 fn assert_up(vxc: &Value, a_if: &str, b_if: &str) {
     assert_eq!(vxc["state"], json!("up"), "{vxc}");
@@ -554,7 +550,7 @@ lab::lab_tests! {
     /// provider's eth0, and nothing of it shows on VXC 2's subinterfaces in the edge; then the
     /// same the other way round. Also: status says 802.1Q, vxcctl's tables and --json.
     fn tagged_vxcs_keep_their_own_tags_and_stay_apart() {
-        let topo = topology();
+        let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
         topo.customer.add_vlan("eth0", 201, "10.1.1.1/24");
         topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
@@ -693,7 +689,7 @@ lab::lab_tests! {
     /// frames arrive at the provider tagged with the B-End VLAN, and leave towards the customer
     /// untagged.
     fn untagged_a_end_arrives_tagged_at_the_provider() {
-        let topo = topology();
+        let topo = Topology::new();
         topo.customer.addr("eth0", "10.2.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.2.0.2/24");
         // A provider port interface with a name of the full 15 characters: `{parent}.100` does
@@ -743,7 +739,7 @@ lab::lab_tests! {
     /// offered 15; a live change to 5 Mbit/s keeps both end interfaces (same ifindex), tc shows
     /// the new rate, and 5 Mbit/s is what arrives.
     fn rate_limit_holds_both_ways_and_changes_live() {
-        let topo = topology();
+        let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.3.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.3.0.2/24");
         let vxcd = Vxcd::start(&topo.edge, "");
@@ -775,7 +771,7 @@ lab::lab_tests! {
     /// of a burst of puts and a restart: every acknowledged VXC is in the state and the kernel, and
     /// nothing else is (at most the one put in flight, complete in both).
     fn restart_keeps_everything_and_kill9_keeps_only_what_was_acknowledged() {
-        let topo = topology();
+        let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.4.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.4.0.2/24");
         let mut vxcd = Vxcd::start(&topo.edge, "");
@@ -849,7 +845,7 @@ lab::lab_tests! {
     /// 2 s periodic check), counted in status.drift_repairs; foreign VLAN subinterfaces on the
     /// ports are left alone across reconciles.
     fn drift_is_repaired_and_foreign_vlans_are_left_alone() {
-        let topo = topology();
+        let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.5.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.5.0.2/24");
         let vxcd = Vxcd::start(&topo.edge, "[reconcile]\ninterval_s = 2\nrepair = true");
@@ -940,7 +936,7 @@ lab::lab_tests! {
     /// subinterface, its TBF and ingress qdisc) is gone, the VXC is not listed, the key is unused.
     /// Likewise when a foreign link holds the B-End's name; once it is gone the same put works.
     fn kernel_refusal_mid_apply_leaves_nothing_behind() {
-        let topo = topology();
+        let topo = Topology::new();
         let stash = Netns::new("stash");
         let vxcd = Vxcd::start(&topo.edge, "");
         topo.edge.ip("link add link prov0 name hidden100 type vlan id 100");

@@ -88,6 +88,9 @@ pub enum Orphan {
 impl fmt::Display for Orphan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Link { name, alias, .. } if alias.is_empty() => {
+                write!(f, "link {name} (half-made: owner group, no alias yet)")
+            }
             Self::Link { name, alias, .. } => write!(f, "link {name} ({alias})"),
             Self::Tbf { name, .. } => write!(f, "TBF {:x}: on {name}", super::TBF_HANDLE_MAJOR),
             Self::Filter { name, .. } => write!(f, "pipe filter on {name}"),
@@ -413,6 +416,21 @@ pub(crate) fn vxc_status(vxc: &VxcSpec, obs: &Observed) -> VxcStatus {
     }
 }
 
+/// A VLAN link vxcd made and did not get to mark (a crash between creating it and setting its
+/// alias): in the owner group, no alias, and named exactly as vxcd names that VLAN on its parent.
+/// A link of a desired VXC is adopted by `apply`; any other is an orphan.
+fn half_made(l: &ObservedLink, obs: &Observed) -> bool {
+    let (Some(parent), Some(vlan)) = (l.parent, l.vlan_id) else {
+        return false;
+    };
+    l.group == obs.config.owner_group
+        && l.alias.is_none()
+        && l.kind.as_deref() == Some("vlan")
+        && obs
+            .link_by_index(parent)
+            .is_some_and(|p| end_interface_name(&p.name, Some(vlan)) == l.name)
+}
+
 /// Desired VXCs vs observed kernel.
 pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
     let vxcs = desired
@@ -435,7 +453,8 @@ pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
     let mut orphans = Vec::new();
     let mut orphan_links = HashSet::new();
     for l in &obs.links {
-        if l.is_owned(group) && !desired_names.contains(&l.name) {
+        let ours = l.is_owned(group) || half_made(l, obs);
+        if ours && !desired_names.contains(&l.name) {
             orphan_links.insert(l.index);
             orphans.push(Orphan::Link {
                 index: l.index,
@@ -478,4 +497,61 @@ pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
     });
     orphans.extend(qdisc_orphans);
     Plan { vxcs, orphans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::DataplaneConfig;
+
+    fn link(
+        index: u32,
+        name: &str,
+        parent: Option<u32>,
+        vlan: Option<u16>,
+        group: u32,
+    ) -> ObservedLink {
+        ObservedLink {
+            index,
+            name: name.into(),
+            parent,
+            kind: Some(if vlan.is_some() { "vlan" } else { "veth" }.into()),
+            vlan_id: vlan,
+            mtu: 1500,
+            up: true,
+            promisc: false,
+            group,
+            alias: None,
+            addr_gen_mode: None,
+        }
+    }
+
+    /// A crash between creating a subinterface and marking it leaves it in the owner group
+    /// without alias; no VXC wants it, so it is an orphan. Owner-group links vxcd would not have
+    /// named that way are not vxcd's.
+    #[test]
+    fn half_made_subinterface_of_no_vxc_is_an_orphan() {
+        let cfg = DataplaneConfig::default();
+        let group = cfg.owner_group;
+        let links = vec![
+            link(2, "eth1", None, None, 0),
+            link(3, "eth1.3999", Some(2), Some(3999), group),
+            link(4, "mine.3998", Some(2), Some(3998), group),
+            link(5, "eth1.3997", Some(2), Some(3997), 0),
+        ];
+        let obs = Observed::new(
+            cfg,
+            links,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        let plan = plan(&[], &obs);
+        let names: Vec<String> = plan.orphans.iter().map(|o| o.to_string()).collect();
+        assert_eq!(
+            names,
+            ["link eth1.3999 (half-made: owner group, no alias yet)"],
+            "{plan:?}"
+        );
+    }
 }

@@ -171,6 +171,62 @@ impl Netns {
         ping
     }
 
+    /// `tc -n NS ARGS` as a Result, for commands that are expected to fail.
+    pub fn try_tc(&self, args: &str) -> Result<String, String> {
+        try_run(
+            Command::new(tool("tc"))
+                .args(["-n", &self.name])
+                .args(args.split_whitespace()),
+        )
+    }
+
+    /// Every link of this namespace as `ip -d` sees it (read with `ip -j -d link show`).
+    pub fn links(&self) -> Vec<Link> {
+        let text = self.ip("-j -d link show");
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("`ip -j -d link show` in {}: {e}\n{text}", self.name));
+        let Some(list) = parsed.as_array() else {
+            panic!("`ip -j -d link show` in {}: not a list\n{text}", self.name);
+        };
+        list.iter().map(Link::from_json).collect()
+    }
+
+    /// The link named `name`, if there is one.
+    pub fn link(&self, name: &str) -> Option<Link> {
+        self.links().into_iter().find(|l| l.name == name)
+    }
+
+    /// The ifindex of `name`; panics naming the link when it does not exist.
+    pub fn ifindex(&self, name: &str) -> u32 {
+        self.link(name)
+            .unwrap_or_else(|| panic!("no link {name} in {}", self.name))
+            .index
+    }
+
+    /// Runs `work` on a new thread that has entered this namespace (`setns`, which moves only
+    /// the calling thread), so a scenario can open sockets in a host of its topology without
+    /// another process. The namespace must outlive the thread.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        use std::os::fd::AsRawFd;
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+        std::thread::spawn(move || {
+            // SAFETY: setns only reads the descriptor, which `file` keeps open for the call.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(
+                rc,
+                0,
+                "setns into {path}: {}",
+                std::io::Error::last_os_error()
+            );
+            drop(file);
+            work()
+        })
+    }
+
     /// Starts `tcpdump -e -n -l -i IF [filter]` in this namespace and returns once it listens.
     pub fn capture(&self, ifname: &str, filter: &str) -> Capture {
         Capture::start(self, ifname, filter)
@@ -182,6 +238,47 @@ impl Drop for Netns {
         let _ = Command::new(tool("ip"))
             .args(["netns", "del", &self.name])
             .output();
+    }
+}
+
+/// A link as `ip -j -d link show` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// IFLA_GROUP as a number ("default" is 0).
+    pub group: u32,
+    pub alias: Option<String>,
+    /// `linkinfo.info_kind`: "vlan", "veth", "dummy"...
+    pub kind: Option<String>,
+    pub vlan: Option<u16>,
+    /// The parent's name (`link` in the JSON) when it is in the same namespace.
+    pub parent: Option<String>,
+}
+
+impl Link {
+    fn from_json(v: &serde_json::Value) -> Link {
+        let group = match &v["group"] {
+            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as u32,
+            serde_json::Value::String(s) if s == "default" => 0,
+            serde_json::Value::String(s) => s
+                .parse()
+                .unwrap_or_else(|_| panic!("group {s:?} of link {v}")),
+            _ => 0,
+        };
+        Link {
+            index: v["ifindex"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no ifindex in {v}")) as u32,
+            name: v["ifname"].as_str().unwrap_or_default().to_string(),
+            group,
+            alias: v["ifalias"].as_str().map(str::to_string),
+            kind: v["linkinfo"]["info_kind"].as_str().map(str::to_string),
+            vlan: v["linkinfo"]["info_data"]["id"]
+                .as_u64()
+                .map(|id| id as u16),
+            parent: v["link"].as_str().map(str::to_string),
+        }
     }
 }
 

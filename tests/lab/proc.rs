@@ -16,6 +16,17 @@ pub struct Spawned {
 impl Spawned {
     /// Starts `program args` in `ns` (or in the current namespace when `ns` is None).
     pub fn start(ns: Option<&Netns>, program: &Path, args: &[&str]) -> Spawned {
+        Spawned::start_with_env(ns, program, args, &[])
+    }
+
+    /// Like `start`, with extra environment variables (e.g. NOTIFY_SOCKET for a daemon's
+    /// readiness).
+    pub fn start_with_env(
+        ns: Option<&Netns>,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Spawned {
         let program_text = program.to_string_lossy().into_owned();
         let mut cmd = match ns {
             Some(ns) => ns.command(&program_text, args),
@@ -39,6 +50,7 @@ impl Spawned {
             .try_clone()
             .unwrap_or_else(|e| panic!("duplicating log {}: {e}", log_path.display()));
         let what = format!("{program_text} {}", args.join(" "));
+        cmd.envs(env.iter().copied());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)
@@ -64,8 +76,42 @@ impl Spawned {
             .unwrap_or_else(|e| panic!("checking on `{}`: {e}", self.what))
     }
 
+    /// The process id. Started in a namespace, this is still the program's own pid: `ip netns
+    /// exec` execs it in place.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. SIGTERM) without waiting.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal)
+            .unwrap_or_else(|e| panic!("sending {signal} to `{}`: {e}", self.what));
+    }
+
+    /// Waits for the process to exit, at most `limit` (a bound on a hang); panics with its log
+    /// when it does not.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "`{}` did not exit within {} s; its log:\n{}",
+                self.what,
+                limit.as_secs_f64(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL and reap: no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

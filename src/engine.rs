@@ -452,7 +452,7 @@ impl Engine {
                     VxcState::Failed(e.to_string())
                 }
             };
-            self.states.insert(id, state);
+            self.set_state(id, state);
         }
         for orphan in report.orphans_removed {
             self.drift_repairs += 1;
@@ -462,6 +462,21 @@ impl Engine {
             log::error!("removing {orphan}, owned by vxcd but part of no VXC: {e}");
         }
         Ok(())
+    }
+
+    /// Records a VXC's state, logging every change of it (a VXC going pending when its port
+    /// interface disappears, coming back up, failing).
+    fn set_state(&mut self, id: VxcId, state: VxcState) {
+        let before = self.states.get(&id);
+        if before != Some(&state) {
+            let was = before.map(VxcState::name).unwrap_or("new");
+            let why = state.reason().unwrap_or_default();
+            match state {
+                VxcState::Up => log::info!(vxc = id.as_str(); "VXC {id}: {was} -> up"),
+                _ => log::warn!(vxc = id.as_str(); "VXC {id}: {was} -> {}: {why}", state.name()),
+            }
+        }
+        self.states.insert(id, state);
     }
 
     /// Observe-only: report drift, change nothing.
@@ -483,7 +498,7 @@ impl Engine {
                 }
                 PlanStatus::Invalid(why) => VxcState::Failed(why),
             };
-            self.states.insert(id, state);
+            self.set_state(id, state);
         }
         for orphan in plan.orphans {
             log::warn!("{orphan} is owned by vxcd but part of no VXC (observe-only: left)");

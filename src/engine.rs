@@ -468,7 +468,9 @@ impl Engine {
     /// interface disappears, coming back up, failing).
     fn set_state(&mut self, id: VxcId, state: VxcState) {
         let before = self.states.get(&id);
-        if before != Some(&state) {
+        // A VXC found right at start is in the summary; one line each would bury the rest.
+        let quiet = before.is_none() && state == VxcState::Up;
+        if before != Some(&state) && !quiet {
             let was = before.map(VxcState::name).unwrap_or("new");
             let why = state.reason().unwrap_or_default();
             match state {

@@ -730,3 +730,91 @@ fn rate64_shaper_reads_back() {
         .tc(&["qdisc", "show", "dev", "e1"])
         .contains("rate 40Gbit"));
 }
+
+/// `count` veth pairs `{prefix}a{i}` / `{prefix}b{i}` made with one `ip -batch`.
+fn veth_pairs(ns: &Netns, prefix: &str, count: usize) {
+    let batch: String = (0..count)
+        .map(|i| format!("link add {prefix}a{i} type veth peer name {prefix}b{i}\n"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("{}-{prefix}-batch", ns.name));
+    std::fs::write(&path, batch).expect("batch file");
+    ns.ip(&["-batch", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Number of VXCs the apply-scaling measurement creates (`VXCD_SCALE_VXCS`, default 1000).
+fn scale_vxcs() -> usize {
+    std::env::var("VXCD_SCALE_VXCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+#[test]
+fn measure_apply_one_by_one_stays_flat_as_vxcs_grow() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    const BATCH: usize = 100;
+    let vxcs = scale_vxcs().max(BATCH);
+    let ns = Netns::new("vxdp-scale");
+    // 2 veth pairs per VXC: every VXC joins two pair ends, so the host holds 4 links per VXC.
+    let started = Instant::now();
+    veth_pairs(&ns, "s", 2 * vxcs);
+    println!(
+        "{} veth pairs with ip -batch: {:?}",
+        2 * vxcs,
+        started.elapsed()
+    );
+    let specs: Vec<VxcSpec> = (0..vxcs)
+        .map(|i| {
+            untagged(
+                &format!("vxc-{i}"),
+                100,
+                &format!("sa{}", 2 * i),
+                &format!("sa{}", 2 * i + 1),
+            )
+        })
+        .collect();
+    let (batch_means, statuses) = ns.block_on(move || async move {
+        let dp = dp().await;
+        let mut batch_means = Vec::new();
+        for (b, batch) in specs.chunks(BATCH).enumerate() {
+            let t0 = Instant::now();
+            for spec in batch {
+                let report = dp
+                    .apply(spec)
+                    .await
+                    .unwrap_or_else(|e| panic!("apply {}: {e}", spec.id));
+                assert!(!report.is_noop(), "apply {} created nothing", spec.id);
+            }
+            let mean = t0.elapsed() / batch.len() as u32;
+            batch_means.push((b, mean));
+        }
+        let obs = dp.observe().await.expect("observe");
+        let plan = Dataplane::plan(&specs, &obs);
+        let statuses: Vec<(String, VxcStatus)> =
+            plan.vxcs.into_iter().map(|v| (v.id, v.status)).collect();
+        (batch_means, statuses)
+    });
+    for (b, mean) in &batch_means {
+        println!(
+            "apply VXCs {}..{}: mean {mean:?} per apply",
+            b * BATCH + 1,
+            (b + 1) * BATCH
+        );
+    }
+    let not_ok: Vec<&(String, VxcStatus)> = statuses
+        .iter()
+        .filter(|(_, s)| *s != VxcStatus::Ok)
+        .take(5)
+        .collect();
+    assert!(not_ok.is_empty(), "VXCs not right after apply: {not_ok:?}");
+    assert_eq!(statuses.len(), vxcs);
+    if let (Some((_, first)), Some((_, last))) = (batch_means.first(), batch_means.last()) {
+        println!(
+            "apply with {} links on the host: first batch {first:?}, last batch {last:?} per apply (last/first {:.2})",
+            4 * vxcs,
+            last.as_secs_f64() / first.as_secs_f64()
+        );
+    }
+}

@@ -818,3 +818,104 @@ fn measure_apply_one_by_one_stays_flat_as_vxcs_grow() {
         );
     }
 }
+
+#[test]
+fn observe_vxc_reads_only_the_objects_of_its_vxc() {
+    require_root();
+    let ns = Netns::new("vxdp-scope");
+    // The VXC's ports are va0 and va1; everything else is unrelated: 100 veth pairs, some with
+    // qdiscs and filters, and a vxcd-owned orphan link.
+    veth_pairs(&ns, "v", 2);
+    veth_pairs(&ns, "u", 100);
+    for i in 0..10 {
+        let dev = format!("ua{i}");
+        ns.tc(&[
+            "qdisc", "add", "dev", &dev, "root", "handle", "7863:", "tbf", "rate", "10mbit",
+            "burst", "32k", "latency", "10ms",
+        ]);
+        ns.tc(&["qdisc", "add", "dev", &dev, "ingress"]);
+        ns.tc(&[
+            "filter", "add", "dev", &dev, "parent", "ffff:", "prio", "10", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "classid", "1:1",
+        ]);
+    }
+    ns.ip(&[
+        "link", "add", "o1", "group", "30819", "type", "veth", "peer", "name", "o2",
+    ]);
+    ns.ip(&["link", "set", "o1", "alias", "vxcd:gone:a"]);
+    let spec = untagged("vxc-scope", 100, "va0", "va1");
+    let tagged = tagged_spec(&spec);
+    let s = spec.clone();
+    let t = tagged.clone();
+    let (full, scoped, scoped_tagged) = ns.block_on(move || async move {
+        let dp = dp().await;
+        dp.apply(&s).await.expect("apply");
+        let full = dp.observe().await.expect("observe");
+        let scoped = dp.observe_vxc(&s).await.expect("observe_vxc");
+        let scoped_tagged = dp.observe_vxc(&t).await.expect("observe_vxc tagged");
+        (full, scoped, scoped_tagged)
+    });
+    let ends = [ns.ifindex("va0"), ns.ifindex("va1")];
+    assert!(full.is_complete() && !scoped.is_complete());
+    assert!(full.links.len() > 200, "{} links", full.links.len());
+    let mut names: Vec<&str> = scoped.links.iter().map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["va0", "va1"], "observe_vxc read other links");
+    let mut roots: Vec<u32> = scoped.root_qdiscs.keys().copied().collect();
+    roots.sort_unstable();
+    assert_eq!(roots, ends, "root qdiscs read: {:?}", scoped.root_qdiscs);
+    assert!(scoped
+        .root_qdiscs
+        .values()
+        .all(|q| q.kind == "tbf" && q.is_ours() && q.tbf.is_some()));
+    let mut ingress: Vec<u32> = scoped.ingress.iter().copied().collect();
+    ingress.sort_unstable();
+    assert_eq!(ingress, ends, "ingress qdiscs read");
+    let mut filters: Vec<u32> = scoped.filters.keys().copied().collect();
+    filters.sort_unstable();
+    assert_eq!(filters, ends, "filters read");
+    for (i, index) in ends.iter().enumerate() {
+        let pipe = scoped.filters[index].ours.as_ref().expect("pipe filter");
+        assert_eq!(pipe.redirect_to, Some(ends[1 - i]));
+        assert_eq!(scoped.filters[index], full.filters[index], "filters differ");
+        assert_eq!(scoped.root_qdiscs[index], full.root_qdiscs[index]);
+    }
+    // The partial snapshot judges its VXC as the full one does, and shows no orphans.
+    let plan = Dataplane::plan(std::slice::from_ref(&spec), &scoped);
+    assert_eq!(plan.status("vxc-scope"), Some(&VxcStatus::Ok));
+    assert!(plan.orphans.is_empty(), "{:?}", plan.orphans);
+    let full_plan = Dataplane::plan(std::slice::from_ref(&spec), &full);
+    assert_eq!(full_plan.status("vxc-scope"), Some(&VxcStatus::Ok));
+    assert!(
+        full_plan
+            .orphans
+            .iter()
+            .any(|o| matches!(o, Orphan::Link { name, .. } if name == "o1")),
+        "{:?}",
+        full_plan.orphans
+    );
+    // A tagged end: its parent is read, its (absent) subinterface asked for by name.
+    let mut names: Vec<&str> = scoped_tagged
+        .links
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["va0", "va1"]);
+    let plan = Dataplane::plan(std::slice::from_ref(&tagged), &scoped_tagged);
+    match plan.status("vxc-scope") {
+        Some(VxcStatus::Drift(d)) => assert!(
+            d.contains(&Discrepancy::Missing {
+                object: "link va1.200 (VLAN 200 on va1)".into()
+            }),
+            "{d:?}"
+        ),
+        other => panic!("expected drift, got {other:?}"),
+    }
+}
+
+fn tagged_spec(spec: &VxcSpec) -> VxcSpec {
+    let mut tagged = spec.clone();
+    tagged.b.vlan = Some(200);
+    tagged
+}

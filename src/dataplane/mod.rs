@@ -315,7 +315,8 @@ pub struct IngressFilters {
 }
 
 /// A snapshot of the kernel state vxcd cares about, with the ownership rules of the
-/// `Dataplane` that read it.
+/// `Dataplane` that read it: complete ([`Dataplane::observe`], every link and qdisc of the
+/// namespace) or partial ([`Dataplane::observe_vxc`], only the objects of one VXC).
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub config: DataplaneConfig,
@@ -329,16 +330,40 @@ pub struct Observed {
     by_name: HashMap<String, usize>,
     by_index: HashMap<u32, usize>,
     by_vlan: HashMap<(u32, u16), usize>,
+    complete: bool,
 }
 
 impl Observed {
-    /// Builds a snapshot and its indexes.
+    /// Builds a complete snapshot (every link and qdisc of the namespace) and its indexes.
     pub fn new(
         config: DataplaneConfig,
         links: Vec<ObservedLink>,
         root_qdiscs: HashMap<u32, RootQdisc>,
         ingress: HashSet<u32>,
         filters: HashMap<u32, IngressFilters>,
+    ) -> Self {
+        Self::build(config, links, root_qdiscs, ingress, filters, true)
+    }
+
+    /// Builds a partial snapshot: only the links, qdiscs and filters given were read, so an
+    /// object absent from it may still exist (e.g. another link using a VLAN on a parent).
+    pub fn partial(
+        config: DataplaneConfig,
+        links: Vec<ObservedLink>,
+        root_qdiscs: HashMap<u32, RootQdisc>,
+        ingress: HashSet<u32>,
+        filters: HashMap<u32, IngressFilters>,
+    ) -> Self {
+        Self::build(config, links, root_qdiscs, ingress, filters, false)
+    }
+
+    fn build(
+        config: DataplaneConfig,
+        links: Vec<ObservedLink>,
+        root_qdiscs: HashMap<u32, RootQdisc>,
+        ingress: HashSet<u32>,
+        filters: HashMap<u32, IngressFilters>,
+        complete: bool,
     ) -> Self {
         let by_name = links
             .iter()
@@ -365,10 +390,17 @@ impl Observed {
             by_name,
             by_index,
             by_vlan,
+            complete,
         }
     }
 
-    /// The VLAN link using `vlan` on parent `parent`, if any.
+    /// Whether every link and qdisc of the namespace was read (see [`Observed::partial`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The VLAN link using `vlan` on parent `parent`, if any (in a partial snapshot: if it
+    /// is one of the links read).
     pub fn vlan_user(&self, parent: u32, vlan: u16) -> Option<&ObservedLink> {
         self.by_vlan
             .get(&(parent, vlan))

@@ -413,7 +413,8 @@ pub(crate) fn vxc_status(vxc: &VxcSpec, obs: &Observed) -> VxcStatus {
     }
 }
 
-/// Desired VXCs vs observed kernel.
+/// Desired VXCs vs observed kernel. Orphans are looked for in a complete snapshot only: a
+/// partial one ([`Observed::partial`]) does not show what no desired VXC accounts for.
 pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
     let vxcs = desired
         .iter()
@@ -422,6 +423,12 @@ pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
             status: vxc_status(v, obs),
         })
         .collect();
+    if !obs.is_complete() {
+        return Plan {
+            vxcs,
+            orphans: vec![],
+        };
+    }
     let desired_names: HashSet<String> = desired
         .iter()
         .flat_map(|v| {

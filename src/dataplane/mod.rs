@@ -47,9 +47,31 @@
 //! (`DataplaneConfig::max_in_flight` at once); dumps are serialized, because the kernel
 //! runs one dump per socket and answers a second with `EBUSY`. Dumps flagged
 //! `NLM_F_DUMP_INTR` (on any part or on the final `NLMSG_DONE`) are restarted.
-//! `observe` = one link dump + one qdisc dump + one filter dump per interface that has an
-//! ingress qdisc (filter dumps need an ifindex). Every lookup in a snapshot is by hash
-//! map, so plan and converge are linear in links + VXCs.
+//!
+//! # What each operation reads
+//! - [`Dataplane::observe`] (used by `converge`: startup, periodic, drift): the complete
+//!   snapshot, one link dump + one qdisc dump + one filter dump per interface that has an
+//!   ingress qdisc (filter dumps need an ifindex). Every lookup in a snapshot is by hash
+//!   map, so plan and converge are linear in links + VXCs per pass.
+//! - [`Dataplane::observe_vxc`] (used by `apply`, before and to verify, and by `remove`):
+//!   a partial snapshot of one VXC, a bounded number of requests whatever else the host
+//!   holds: `RTM_GETLINK` by name (not a dump) for each end's port interface and end
+//!   interface; `RTM_GETQDISC` (not a dump; the kernel's qdisc dump ignores `tcm_ifindex`,
+//!   checked on 6.18) for the root and ingress qdisc of each end interface; the filter dump
+//!   of each end's ingress qdisc; and, only when they are not among those, the links a read
+//!   link or filter names by ifindex (a subinterface's parent, a redirect target), for
+//!   messages. A qdisc `RTM_GETQDISC` is answered to the asker only with `NLM_F_ECHO`, and
+//!   the kernel also sends that answer to `RTNLGRP_TC` listeners: subscribers of
+//!   [`Dataplane::events`] see one qdisc event per qdisc read.
+//! - A partial snapshot cannot show another link that already uses an end's VLAN on its
+//!   parent (that needs every link of the parent). `apply` lets the kernel tell: creating
+//!   the subinterface answers `EEXIST`, and only then a complete `observe` names that link
+//!   (foreign: an error naming it; vxcd-owned under another name: deleted, creation
+//!   retried). Recreating an owned link that has the end's name but the wrong VLAN, parent
+//!   or kind also reads everything first, so that a foreign VLAN holder stops it before the
+//!   deletion, as from a complete snapshot. Both are rare repair paths.
+//! - A partial snapshot shows no orphans: [`Dataplane::plan`] looks for them in complete
+//!   snapshots only.
 //!
 //! # Atomicity and verification
 //! `apply` records every change it makes (created link/qdisc/filter, previous link flags,

@@ -730,3 +730,212 @@ fn rate64_shaper_reads_back() {
         .tc(&["qdisc", "show", "dev", "e1"])
         .contains("rate 40Gbit"));
 }
+
+/// `count` veth pairs `{prefix}a{i}` / `{prefix}b{i}` made with one `ip -batch`.
+fn veth_pairs(ns: &Netns, prefix: &str, count: usize) {
+    let batch: String = (0..count)
+        .map(|i| format!("link add {prefix}a{i} type veth peer name {prefix}b{i}\n"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("{}-{prefix}-batch", ns.name));
+    std::fs::write(&path, batch).expect("batch file");
+    ns.ip(&["-batch", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// Number of VXCs the apply-scaling measurement creates (`VXCD_SCALE_VXCS`, default 1000).
+fn scale_vxcs() -> usize {
+    std::env::var("VXCD_SCALE_VXCS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+#[test]
+fn measure_apply_one_by_one_stays_flat_as_vxcs_grow() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    const BATCH: usize = 100;
+    let vxcs = scale_vxcs().max(BATCH);
+    let ns = Netns::new("vxdp-scale");
+    // Without this, setting 2 ports up per apply costs the kernel IPv6 link-local routes
+    // (one fe80::/64 per interface in one fib6 node), which grows with the links up: a cost
+    // of this test's fresh ports, not of vxcd (real ports are up before VXCs use them).
+    assert!(
+        ns.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]),
+        "cannot turn IPv6 off in the test namespace"
+    );
+    // 2 veth pairs per VXC: every VXC joins two pair ends, so the host holds 4 links per VXC.
+    let started = Instant::now();
+    veth_pairs(&ns, "s", 2 * vxcs);
+    println!(
+        "{} veth pairs with ip -batch: {:?}",
+        2 * vxcs,
+        started.elapsed()
+    );
+    let specs: Vec<VxcSpec> = (0..vxcs)
+        .map(|i| {
+            untagged(
+                &format!("vxc-{i}"),
+                100,
+                &format!("sa{}", 2 * i),
+                &format!("sa{}", 2 * i + 1),
+            )
+        })
+        .collect();
+    let (batch_means, statuses) = ns.block_on(move || async move {
+        let dp = dp().await;
+        let mut batch_means = Vec::new();
+        for (b, batch) in specs.chunks(BATCH).enumerate() {
+            let t0 = Instant::now();
+            for spec in batch {
+                let report = dp
+                    .apply(spec)
+                    .await
+                    .unwrap_or_else(|e| panic!("apply {}: {e}", spec.id));
+                assert!(!report.is_noop(), "apply {} created nothing", spec.id);
+            }
+            let mean = t0.elapsed() / batch.len() as u32;
+            // Printed as it goes: with a quadratic apply the last batches take long.
+            println!(
+                "apply VXCs {}..{}: mean {mean:?} per apply",
+                b * BATCH + 1,
+                b * BATCH + batch.len()
+            );
+            batch_means.push(mean);
+        }
+        // Re-applying is read-only (nothing to change): the reads alone, for the first and
+        // the last VXCs made.
+        let n = specs.len();
+        for (what, batch) in [("first", &specs[..BATCH]), ("last", &specs[n - BATCH..])] {
+            let t0 = Instant::now();
+            for spec in batch {
+                let report = dp.apply(spec).await.expect("re-apply");
+                assert!(report.is_noop(), "re-apply changed {}: {report:?}", spec.id);
+            }
+            println!(
+                "re-apply (no-op) of the {what} {BATCH} VXCs: mean {:?} per apply",
+                t0.elapsed() / BATCH as u32
+            );
+        }
+        let obs = dp.observe().await.expect("observe");
+        let plan = Dataplane::plan(&specs, &obs);
+        let statuses: Vec<(String, VxcStatus)> =
+            plan.vxcs.into_iter().map(|v| (v.id, v.status)).collect();
+        (batch_means, statuses)
+    });
+    let not_ok: Vec<&(String, VxcStatus)> = statuses
+        .iter()
+        .filter(|(_, s)| *s != VxcStatus::Ok)
+        .take(5)
+        .collect();
+    assert!(not_ok.is_empty(), "VXCs not right after apply: {not_ok:?}");
+    assert_eq!(statuses.len(), vxcs);
+    if let (Some(first), Some(last)) = (batch_means.first(), batch_means.last()) {
+        println!(
+            "apply with {} links on the host: first batch {first:?}, last batch {last:?} per apply (last/first {:.2})",
+            4 * vxcs,
+            last.as_secs_f64() / first.as_secs_f64()
+        );
+    }
+}
+
+#[test]
+fn observe_vxc_reads_only_the_objects_of_its_vxc() {
+    require_root();
+    let ns = Netns::new("vxdp-scope");
+    // The VXC's ports are va0 and va1; everything else is unrelated: 100 veth pairs, some with
+    // qdiscs and filters, and a vxcd-owned orphan link.
+    veth_pairs(&ns, "v", 2);
+    veth_pairs(&ns, "u", 100);
+    for i in 0..10 {
+        let dev = format!("ua{i}");
+        ns.tc(&[
+            "qdisc", "add", "dev", &dev, "root", "handle", "7863:", "tbf", "rate", "10mbit",
+            "burst", "32k", "latency", "10ms",
+        ]);
+        ns.tc(&["qdisc", "add", "dev", &dev, "ingress"]);
+        ns.tc(&[
+            "filter", "add", "dev", &dev, "parent", "ffff:", "prio", "10", "protocol", "all",
+            "u32", "match", "u32", "0", "0", "classid", "1:1",
+        ]);
+    }
+    ns.ip(&[
+        "link", "add", "o1", "group", "30819", "type", "veth", "peer", "name", "o2",
+    ]);
+    ns.ip(&["link", "set", "o1", "alias", "vxcd:gone:a"]);
+    let spec = untagged("vxc-scope", 100, "va0", "va1");
+    let tagged = tagged_spec(&spec);
+    let s = spec.clone();
+    let t = tagged.clone();
+    let (full, scoped, scoped_tagged) = ns.block_on(move || async move {
+        let dp = dp().await;
+        dp.apply(&s).await.expect("apply");
+        let full = dp.observe().await.expect("observe");
+        let scoped = dp.observe_vxc(&s).await.expect("observe_vxc");
+        let scoped_tagged = dp.observe_vxc(&t).await.expect("observe_vxc tagged");
+        (full, scoped, scoped_tagged)
+    });
+    let ends = [ns.ifindex("va0"), ns.ifindex("va1")];
+    assert!(full.is_complete() && !scoped.is_complete());
+    assert!(full.links.len() > 200, "{} links", full.links.len());
+    let mut names: Vec<&str> = scoped.links.iter().map(|l| l.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["va0", "va1"], "observe_vxc read other links");
+    let mut roots: Vec<u32> = scoped.root_qdiscs.keys().copied().collect();
+    roots.sort_unstable();
+    assert_eq!(roots, ends, "root qdiscs read: {:?}", scoped.root_qdiscs);
+    assert!(scoped
+        .root_qdiscs
+        .values()
+        .all(|q| q.kind == "tbf" && q.is_ours() && q.tbf.is_some()));
+    let mut ingress: Vec<u32> = scoped.ingress.iter().copied().collect();
+    ingress.sort_unstable();
+    assert_eq!(ingress, ends, "ingress qdiscs read");
+    let mut filters: Vec<u32> = scoped.filters.keys().copied().collect();
+    filters.sort_unstable();
+    assert_eq!(filters, ends, "filters read");
+    for (i, index) in ends.iter().enumerate() {
+        let pipe = scoped.filters[index].ours.as_ref().expect("pipe filter");
+        assert_eq!(pipe.redirect_to, Some(ends[1 - i]));
+        assert_eq!(scoped.filters[index], full.filters[index], "filters differ");
+        assert_eq!(scoped.root_qdiscs[index], full.root_qdiscs[index]);
+    }
+    // The partial snapshot judges its VXC as the full one does, and shows no orphans.
+    let plan = Dataplane::plan(std::slice::from_ref(&spec), &scoped);
+    assert_eq!(plan.status("vxc-scope"), Some(&VxcStatus::Ok));
+    assert!(plan.orphans.is_empty(), "{:?}", plan.orphans);
+    let full_plan = Dataplane::plan(std::slice::from_ref(&spec), &full);
+    assert_eq!(full_plan.status("vxc-scope"), Some(&VxcStatus::Ok));
+    assert!(
+        full_plan
+            .orphans
+            .iter()
+            .any(|o| matches!(o, Orphan::Link { name, .. } if name == "o1")),
+        "{:?}",
+        full_plan.orphans
+    );
+    // A tagged end: its parent is read, its (absent) subinterface asked for by name.
+    let mut names: Vec<&str> = scoped_tagged
+        .links
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["va0", "va1"]);
+    let plan = Dataplane::plan(std::slice::from_ref(&tagged), &scoped_tagged);
+    match plan.status("vxc-scope") {
+        Some(VxcStatus::Drift(d)) => assert!(
+            d.contains(&Discrepancy::Missing {
+                object: "link va1.200 (VLAN 200 on va1)".into()
+            }),
+            "{d:?}"
+        ),
+        other => panic!("expected drift, got {other:?}"),
+    }
+}
+
+fn tagged_spec(spec: &VxcSpec) -> VxcSpec {
+    let mut tagged = spec.clone();
+    tagged.b.vlan = Some(200);
+    tagged
+}

@@ -47,9 +47,31 @@
 //! (`DataplaneConfig::max_in_flight` at once); dumps are serialized, because the kernel
 //! runs one dump per socket and answers a second with `EBUSY`. Dumps flagged
 //! `NLM_F_DUMP_INTR` (on any part or on the final `NLMSG_DONE`) are restarted.
-//! `observe` = one link dump + one qdisc dump + one filter dump per interface that has an
-//! ingress qdisc (filter dumps need an ifindex). Every lookup in a snapshot is by hash
-//! map, so plan and converge are linear in links + VXCs.
+//!
+//! # What each operation reads
+//! - [`Dataplane::observe`] (used by `converge`: startup, periodic, drift): the complete
+//!   snapshot, one link dump + one qdisc dump + one filter dump per interface that has an
+//!   ingress qdisc (filter dumps need an ifindex). Every lookup in a snapshot is by hash
+//!   map, so plan and converge are linear in links + VXCs per pass.
+//! - [`Dataplane::observe_vxc`] (used by `apply`, before and to verify, and by `remove`):
+//!   a partial snapshot of one VXC, a bounded number of requests whatever else the host
+//!   holds: `RTM_GETLINK` by name (not a dump) for each end's port interface and end
+//!   interface; `RTM_GETQDISC` (not a dump; the kernel's qdisc dump ignores `tcm_ifindex`,
+//!   checked on 6.18) for the root and ingress qdisc of each end interface; the filter dump
+//!   of each end's ingress qdisc; and, only when they are not among those, the links a read
+//!   link or filter names by ifindex (a subinterface's parent, a redirect target), for
+//!   messages. A qdisc `RTM_GETQDISC` is answered to the asker only with `NLM_F_ECHO`, and
+//!   the kernel also sends that answer to `RTNLGRP_TC` listeners: subscribers of
+//!   [`Dataplane::events`] see one qdisc event per qdisc read.
+//! - A partial snapshot cannot show another link that already uses an end's VLAN on its
+//!   parent (that needs every link of the parent). `apply` lets the kernel tell: creating
+//!   the subinterface answers `EEXIST`, and only then a complete `observe` names that link
+//!   (foreign: an error naming it; vxcd-owned under another name: deleted, creation
+//!   retried). Recreating an owned link that has the end's name but the wrong VLAN, parent
+//!   or kind also reads everything first, so that a foreign VLAN holder stops it before the
+//!   deletion, as from a complete snapshot. Both are rare repair paths.
+//! - A partial snapshot shows no orphans: [`Dataplane::plan`] looks for them in complete
+//!   snapshots only.
 //!
 //! # Atomicity and verification
 //! `apply` records every change it makes (created link/qdisc/filter, previous link flags,
@@ -315,7 +337,8 @@ pub struct IngressFilters {
 }
 
 /// A snapshot of the kernel state vxcd cares about, with the ownership rules of the
-/// `Dataplane` that read it.
+/// `Dataplane` that read it: complete ([`Dataplane::observe`], every link and qdisc of the
+/// namespace) or partial ([`Dataplane::observe_vxc`], only the objects of one VXC).
 #[derive(Debug, Clone)]
 pub struct Observed {
     pub config: DataplaneConfig,
@@ -329,16 +352,40 @@ pub struct Observed {
     by_name: HashMap<String, usize>,
     by_index: HashMap<u32, usize>,
     by_vlan: HashMap<(u32, u16), usize>,
+    complete: bool,
 }
 
 impl Observed {
-    /// Builds a snapshot and its indexes.
+    /// Builds a complete snapshot (every link and qdisc of the namespace) and its indexes.
     pub fn new(
         config: DataplaneConfig,
         links: Vec<ObservedLink>,
         root_qdiscs: HashMap<u32, RootQdisc>,
         ingress: HashSet<u32>,
         filters: HashMap<u32, IngressFilters>,
+    ) -> Self {
+        Self::build(config, links, root_qdiscs, ingress, filters, true)
+    }
+
+    /// Builds a partial snapshot: only the links, qdiscs and filters given were read, so an
+    /// object absent from it may still exist (e.g. another link using a VLAN on a parent).
+    pub fn partial(
+        config: DataplaneConfig,
+        links: Vec<ObservedLink>,
+        root_qdiscs: HashMap<u32, RootQdisc>,
+        ingress: HashSet<u32>,
+        filters: HashMap<u32, IngressFilters>,
+    ) -> Self {
+        Self::build(config, links, root_qdiscs, ingress, filters, false)
+    }
+
+    fn build(
+        config: DataplaneConfig,
+        links: Vec<ObservedLink>,
+        root_qdiscs: HashMap<u32, RootQdisc>,
+        ingress: HashSet<u32>,
+        filters: HashMap<u32, IngressFilters>,
+        complete: bool,
     ) -> Self {
         let by_name = links
             .iter()
@@ -365,10 +412,17 @@ impl Observed {
             by_name,
             by_index,
             by_vlan,
+            complete,
         }
     }
 
-    /// The VLAN link using `vlan` on parent `parent`, if any.
+    /// Whether every link and qdisc of the namespace was read (see [`Observed::partial`]).
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The VLAN link using `vlan` on parent `parent`, if any (in a partial snapshot: if it
+    /// is one of the links read).
     pub fn vlan_user(&self, parent: u32, vlan: u16) -> Option<&ObservedLink> {
         self.by_vlan
             .get(&(parent, vlan))

@@ -60,6 +60,34 @@ pub async fn ack(
     Ok(())
 }
 
+/// Sends a non-dump request that reads one object (`RTM_GET*` without `NLM_F_DUMP`) and
+/// returns the objects the kernel answered with, up to its ack; `flags` adds e.g.
+/// `NLM_F_ECHO`. The ack is requested so that a request answered by no object (a qdisc GET on
+/// a built-in qdisc) still ends.
+pub async fn get(
+    handle: &Handle,
+    payload: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>, ReqError> {
+    let mut handle = handle.clone();
+    let mut responses = handle
+        .request(message(payload, flags | NLM_F_ACK))
+        .map_err(|e| ReqError::Connection(e.to_string()))?;
+    let mut out = Vec::new();
+    while let Some(msg) = responses.next().await {
+        match msg.payload {
+            NetlinkPayload::InnerMessage(inner) => out.push(inner),
+            NetlinkPayload::Error(err) => {
+                if let Some(code) = err.code {
+                    return Err(ReqError::Kernel(Errno(-code.get())));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
 /// Sends a dump request and collects the answers, restarting it while the kernel marks
 /// it interrupted by a concurrent change (`NLM_F_DUMP_INTR`, which neither rtnetlink
 /// nor netlink-proto checks).

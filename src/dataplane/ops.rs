@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use netlink_packet_core::{
-    NetlinkMessage, NetlinkPayload, Nla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NetlinkPayload, Nla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
 };
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, LinkAttribute,
@@ -41,6 +41,7 @@ const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
 const ENOENT: i32 = libc::ENOENT;
 const EINVAL: i32 = libc::EINVAL;
 const ENODEV: i32 = libc::ENODEV;
+const EEXIST: i32 = libc::EEXIST;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,6 +414,30 @@ fn parse_pipe_filter(handle: u32, attrs: &[TcAttribute]) -> PipeFilter {
     filter
 }
 
+/// Files a qdisc read from the kernel: a root qdisc (TBF options decoded) or an ingress one.
+fn note_qdisc(q: TcMessage, root_qdiscs: &mut HashMap<u32, RootQdisc>, ingress: &mut HashSet<u32>) {
+    let index = q.header.index as u32;
+    let parent = u32::from(q.header.parent);
+    let kind = kind_of(&q.attributes);
+    if parent == TC_H_ROOT {
+        let tbf = if kind == "tbf" {
+            raw_options(&q.attributes).and_then(|o| tbf::decode_options(&o))
+        } else {
+            None
+        };
+        root_qdiscs.insert(
+            index,
+            RootQdisc {
+                handle: u32::from(q.header.handle),
+                kind,
+                tbf,
+            },
+        );
+    } else if parent == TC_H_INGRESS && kind == "ingress" {
+        ingress.insert(index);
+    }
+}
+
 impl Dataplane {
     /// Opens an rtnetlink connection in the calling thread's network namespace and spawns
     /// its task on the current tokio runtime.
@@ -471,30 +496,179 @@ impl Dataplane {
         let mut root_qdiscs = HashMap::new();
         let mut ingress = HashSet::new();
         for m in qdiscs {
-            let RouteNetlinkMessage::NewQueueDiscipline(q) = m else {
-                continue;
-            };
-            let index = q.header.index as u32;
-            let parent = u32::from(q.header.parent);
-            let kind = kind_of(&q.attributes);
-            if parent == TC_H_ROOT {
-                let tbf = if kind == "tbf" {
-                    raw_options(&q.attributes).and_then(|o| tbf::decode_options(&o))
-                } else {
-                    None
-                };
-                root_qdiscs.insert(
-                    index,
-                    RootQdisc {
-                        handle: u32::from(q.header.handle),
-                        kind,
-                        tbf,
-                    },
-                );
-            } else if parent == TC_H_INGRESS && kind == "ingress" {
-                ingress.insert(index);
+            if let RouteNetlinkMessage::NewQueueDiscipline(q) = m {
+                note_qdisc(q, &mut root_qdiscs, &mut ingress);
             }
         }
+        let filters = self.read_filters(&ingress).await?;
+        Ok(Observed::new(
+            self.cfg,
+            links,
+            root_qdiscs,
+            ingress,
+            filters,
+        ))
+    }
+
+    /// Reads only the objects of one VXC, with a bounded number of requests whatever else
+    /// the namespace holds: each end's port interface and end interface by name
+    /// (`RTM_GETLINK` with `IFLA_IFNAME`, not a dump), the root and ingress qdiscs of each
+    /// end interface (`RTM_GETQDISC` with `tcm_ifindex` and `tcm_parent`, not a dump: the
+    /// kernel's qdisc dump ignores `tcm_ifindex`), the filters of each end's ingress qdisc
+    /// (a per-ifindex filter dump), and, for messages only, the links that a read link or
+    /// filter refers to by ifindex (its parent, its redirect target). The result is a
+    /// partial [`Observed`]: it does not show other links using an end's VLAN on its parent,
+    /// nor orphans.
+    ///
+    /// The kernel answers a qdisc `RTM_GETQDISC` to the asker only with `NLM_F_ECHO`, and
+    /// sends that answer to the `RTNLGRP_TC` listeners too: [`Dataplane::events`] subscribers
+    /// see one qdisc event per qdisc read.
+    pub async fn observe_vxc(&self, vxc: &VxcSpec) -> Result<Observed, DataplaneError> {
+        let mut names: Vec<String> = Vec::with_capacity(4);
+        for side in [Side::A, Side::B] {
+            let end = vxc.end(side);
+            for name in [
+                end.interface.clone(),
+                end_interface_name(&end.interface, end.vlan),
+            ] {
+                // A name the kernel cannot hold names no link (the spec is reported invalid).
+                if !name.is_empty() && name.len() <= 15 && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        let reads: Vec<_> = names.iter().map(|n| self.read_link_named(n)).collect();
+        let mut links: Vec<ObservedLink> = futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut ends: Vec<u32> = Vec::with_capacity(2);
+        for side in [Side::A, Side::B] {
+            let end = vxc.end(side);
+            let name = end_interface_name(&end.interface, end.vlan);
+            if let Some(l) = links.iter().find(|l| l.name == name) {
+                if !ends.contains(&l.index) {
+                    ends.push(l.index);
+                }
+            }
+        }
+        let qdisc_reads: Vec<_> = ends
+            .iter()
+            .flat_map(|&index| [(index, TC_H_ROOT), (index, TC_H_INGRESS)])
+            .map(|(index, parent)| self.read_qdisc(index, parent))
+            .collect();
+        let mut root_qdiscs = HashMap::new();
+        let mut ingress = HashSet::new();
+        for q in futures::future::join_all(qdisc_reads).await {
+            if let Some(q) = q? {
+                note_qdisc(q, &mut root_qdiscs, &mut ingress);
+            }
+        }
+        let filters = self.read_filters(&ingress).await?;
+        // Parents of links with a tagged end's name, and redirect targets of the pipe filters,
+        // when not read already: messages name them as they would from a full snapshot.
+        let tagged_parents = [Side::A, Side::B].into_iter().filter_map(|side| {
+            let end = vxc.end(side);
+            end.vlan?;
+            let name = end_interface_name(&end.interface, end.vlan);
+            links.iter().find(|l| l.name == name)?.parent
+        });
+        let mut referred: Vec<u32> = tagged_parents
+            .chain(
+                filters
+                    .values()
+                    .filter_map(|f| f.ours.as_ref().and_then(|p| p.redirect_to)),
+            )
+            .filter(|index| !links.iter().any(|l| l.index == *index))
+            .collect();
+        referred.sort_unstable();
+        referred.dedup();
+        let reads: Vec<_> = referred
+            .iter()
+            .map(|&i| self.read_link(link_msg(i)))
+            .collect();
+        for link in futures::future::join_all(reads).await {
+            links.extend(link?);
+        }
+        Ok(Observed::partial(
+            self.cfg,
+            links,
+            root_qdiscs,
+            ingress,
+            filters,
+        ))
+    }
+
+    /// One link by name; `None` when no link has that name (`ENODEV`, or a link that only
+    /// has it as an alternative name: a full dump would not show it under that name).
+    async fn read_link_named(&self, name: &str) -> Result<Option<ObservedLink>, DataplaneError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![LinkAttribute::IfName(name.to_string())];
+        Ok(self.read_link(msg).await?.filter(|l| l.name == name))
+    }
+
+    /// One link, asked by ifindex or `IFLA_IFNAME` in `msg`; `None` when it does not exist.
+    async fn read_link(&self, msg: LinkMessage) -> Result<Option<ObservedLink>, DataplaneError> {
+        let what = match msg.attributes.first() {
+            Some(LinkAttribute::IfName(name)) => format!("link {name}"),
+            _ => format!("link ifindex {}", msg.header.index),
+        };
+        match nl::get(&self.handle, RouteNetlinkMessage::GetLink(msg), 0).await {
+            Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => parse_link(l),
+                _ => None,
+            })),
+            Err(ReqError::Kernel(Errno(e))) if e == ENODEV => Ok(None),
+            Err(e) => Err(kernel_err("reading", &what, e)),
+        }
+    }
+
+    /// The qdisc of `index` at `parent` (`TC_H_ROOT` or `TC_H_INGRESS`); `None` when there is
+    /// none or only a built-in one (the kernel answers no object, or `EINVAL` before 6.7),
+    /// or when the link is gone.
+    async fn read_qdisc(
+        &self,
+        index: u32,
+        parent: u32,
+    ) -> Result<Option<TcMessage>, DataplaneError> {
+        let req = tc_msg(index, 0, parent, 0, vec![]);
+        match nl::get(
+            &self.handle,
+            RouteNetlinkMessage::GetQueueDiscipline(req),
+            NLM_F_ECHO,
+        )
+        .await
+        {
+            Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => Some(q),
+                _ => None,
+            })),
+            Err(ReqError::Kernel(Errno(e))) if e == ENOENT || e == EINVAL || e == ENODEV => {
+                Ok(None)
+            }
+            Err(e) => {
+                let which = if parent == TC_H_ROOT {
+                    "root"
+                } else {
+                    "ingress"
+                };
+                Err(kernel_err(
+                    "reading",
+                    &format!("{which} qdisc of ifindex {index}"),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Filter dumps of the given ingress qdiscs, pipelined.
+    async fn read_filters(
+        &self,
+        ingress: &HashSet<u32>,
+    ) -> Result<HashMap<u32, IngressFilters>, DataplaneError> {
         // Futures are built into a Vec first: a lazily mapped stream of borrowing closures makes
         // the whole future fail tokio::spawn's `Send` check (higher-ranked lifetime inference).
         let dumps: Vec<_> = ingress
@@ -517,13 +691,7 @@ impl Dataplane {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        Ok(Observed::new(
-            self.cfg,
-            links,
-            root_qdiscs,
-            ingress,
-            filters.into_iter().collect(),
-        ))
+        Ok(filters.into_iter().collect())
     }
 
     async fn dump_ingress_filters(&self, index: u32) -> Result<IngressFilters, DataplaneError> {
@@ -579,7 +747,7 @@ impl Dataplane {
                 reason,
             });
         }
-        let obs = self.observe().await?;
+        let obs = self.observe_vxc(vxc).await?;
         if vxc_status_ok(vxc, &obs)? {
             // The read just made is the verification: nothing to send.
             return Ok(ApplyReport {
@@ -588,7 +756,7 @@ impl Dataplane {
             });
         }
         let journal = self.apply_from(vxc, &obs).await?;
-        let verified = match self.observe().await {
+        let verified = match self.observe_vxc(vxc).await {
             Ok(after) => vxc_status_ok(vxc, &after).and_then(|ok| {
                 if ok {
                     Ok(())
@@ -665,20 +833,11 @@ impl Dataplane {
             None => (parent.index, false, Some(parent)),
             Some(vlan) => {
                 let group = self.cfg.owner_group;
-                if let Some(other) = obs.vlan_user(parent.index, vlan) {
-                    if other.name != name {
-                        if !other.is_owned(group) {
-                            return Err(DataplaneError::Foreign {
-                                object: format!("link {}", other.name),
-                                detail: format!(
-                                    "it already uses VLAN {vlan} on {} needed for {label}",
-                                    end.interface
-                                ),
-                            });
-                        }
-                        self.delete_link(other.index, &other.name).await?;
-                        j.record(format!("link {}", other.name), ObjectChange::Deleted, None);
-                    }
+                // Only a complete snapshot shows every link on the parent. From a partial one,
+                // another link holding the VLAN is looked for when the kernel refuses the
+                // creation (EEXIST) or before an owned link with the end's name is recreated.
+                if obs.is_complete() {
+                    self.free_vlan(obs, vxc, side, parent.index, j).await?;
                 }
                 match obs.link_by_name(&name) {
                     Some(l) if !link_claimable(l, group, parent.index, vlan) => {
@@ -699,19 +858,21 @@ impl Dataplane {
                         (l.index, false, Some(l))
                     }
                     Some(l) => {
+                        if !obs.is_complete() {
+                            let full = self.observe().await?;
+                            self.free_vlan(&full, vxc, side, parent.index, j).await?;
+                        }
                         // Owned but not the right VLAN: it cannot be changed in place.
                         self.delete_link(l.index, &l.name).await?;
                         j.record(format!("link {name}"), ObjectChange::Deleted, None);
                         (
-                            self.create_vlan(vxc, side, parent, vlan, &name, &label, j)
-                                .await?,
+                            self.create_vlan_in(obs, vxc, side, parent, vlan, j).await?,
                             true,
                             None,
                         )
                     }
                     None => (
-                        self.create_vlan(vxc, side, parent, vlan, &name, &label, j)
-                            .await?,
+                        self.create_vlan_in(obs, vxc, side, parent, vlan, j).await?,
                         true,
                         None,
                     ),
@@ -829,6 +990,82 @@ impl Dataplane {
         Ok((index, fresh))
     }
 
+    /// Deletes an owned link that holds the end's VLAN on its parent under another name
+    /// (found in `obs`); a foreign one is an error naming it. Returns whether it deleted one.
+    async fn free_vlan(
+        &self,
+        obs: &Observed,
+        vxc: &VxcSpec,
+        side: Side,
+        parent: u32,
+        j: &mut Journal,
+    ) -> Result<bool, DataplaneError> {
+        let end = vxc.end(side);
+        let Some(vlan) = end.vlan else {
+            return Ok(false);
+        };
+        let name = end_interface_name(&end.interface, end.vlan);
+        let Some(other) = obs.vlan_user(parent, vlan) else {
+            return Ok(false);
+        };
+        if other.name == name {
+            return Ok(false);
+        }
+        if !other.is_owned(self.cfg.owner_group) {
+            return Err(DataplaneError::Foreign {
+                object: format!("link {}", other.name),
+                detail: format!(
+                    "it already uses VLAN {vlan} on {} needed for {}",
+                    end.interface,
+                    end_label(vxc, side)
+                ),
+            });
+        }
+        self.delete_link(other.index, &other.name).await?;
+        j.record(format!("link {}", other.name), ObjectChange::Deleted, None);
+        Ok(true)
+    }
+
+    /// Creates the end's VLAN link. From a partial snapshot, an `EEXIST` (the name was free
+    /// when read, so another link holds the VLAN on the parent) costs one full read to name
+    /// that link: a foreign one is an error, an owned one is deleted and the creation retried.
+    async fn create_vlan_in(
+        &self,
+        obs: &Observed,
+        vxc: &VxcSpec,
+        side: Side,
+        parent: &ObservedLink,
+        vlan: u16,
+        j: &mut Journal,
+    ) -> Result<u32, DataplaneError> {
+        let end = vxc.end(side);
+        let name = end_interface_name(&end.interface, end.vlan);
+        let label = end_label(vxc, side);
+        match self
+            .create_vlan(vxc, side, parent, vlan, &name, &label, j)
+            .await
+        {
+            Err(DataplaneError::Kernel {
+                action,
+                object,
+                errno,
+            }) if errno.0 == EEXIST && action == "creating" && !obs.is_complete() => {
+                let full = self.observe().await?;
+                if self.free_vlan(&full, vxc, side, parent.index, j).await? {
+                    self.create_vlan(vxc, side, parent, vlan, &name, &label, j)
+                        .await
+                } else {
+                    Err(DataplaneError::Kernel {
+                        action,
+                        object,
+                        errno,
+                    })
+                }
+            }
+            r => r,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn create_vlan(
         &self,
@@ -866,10 +1103,17 @@ impl Dataplane {
             }
             Err(e) => return Err(kernel_err("creating", label, e)),
         }
-        let index = self
-            .link_index(name)
-            .await
-            .map_err(|e| kernel_err("reading back", label, e))?;
+        let index = match self.read_link_named(name).await {
+            Ok(Some(l)) => l.index,
+            Ok(None) => {
+                return Err(DataplaneError::Kernel {
+                    action: "reading back".into(),
+                    object: label.into(),
+                    errno: Errno(ENODEV),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         j.record(
             format!("link {label}"),
             ObjectChange::Created,
@@ -1050,31 +1294,6 @@ impl Dataplane {
         }
     }
 
-    async fn link_index(&self, name: &str) -> Result<u32, ReqError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes = vec![LinkAttribute::IfName(name.to_string())];
-        let mut handle = self.handle.clone();
-        let mut nlmsg = NetlinkMessage::from(RouteNetlinkMessage::GetLink(msg));
-        nlmsg.header.flags = netlink_packet_core::NLM_F_REQUEST;
-        let mut responses = handle
-            .request(nlmsg)
-            .map_err(|e| ReqError::Connection(e.to_string()))?;
-        while let Some(m) = responses.next().await {
-            match m.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                    return Ok(l.header.index)
-                }
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(ReqError::Kernel(Errno(-code.get())));
-                    }
-                }
-                _ => {}
-            }
-        }
-        Err(ReqError::Kernel(Errno(libc::ENODEV)))
-    }
-
     /// Ok on success or when the object is already gone.
     fn gone_ok(r: Result<(), ReqError>, action: &str, object: &str) -> Result<(), DataplaneError> {
         match r {
@@ -1221,7 +1440,7 @@ impl Dataplane {
     /// and filters along) and, on untagged ends, vxcd's filter, TBF and (if no other filter
     /// uses it) the ingress qdisc. Absent objects are not an error.
     pub async fn remove(&self, vxc: &VxcSpec) -> Result<(), DataplaneError> {
-        let obs = self.observe().await?;
+        let obs = self.observe_vxc(vxc).await?;
         for side in [Side::A, Side::B] {
             let end = vxc.end(side);
             let Some(parent) = obs.link_by_name(&end.interface) else {

@@ -431,7 +431,8 @@ fn half_made(l: &ObservedLink, obs: &Observed) -> bool {
             .is_some_and(|p| end_interface_name(&p.name, Some(vlan)) == l.name)
 }
 
-/// Desired VXCs vs observed kernel.
+/// Desired VXCs vs observed kernel. Orphans are looked for in a complete snapshot only: a
+/// partial one ([`Observed::partial`]) does not show what no desired VXC accounts for.
 pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
     let vxcs = desired
         .iter()
@@ -440,6 +441,12 @@ pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
             status: vxc_status(v, obs),
         })
         .collect();
+    if !obs.is_complete() {
+        return Plan {
+            vxcs,
+            orphans: vec![],
+        };
+    }
     let desired_names: HashSet<String> = desired
         .iter()
         .flat_map(|v| {

@@ -46,24 +46,23 @@ pub fn parse(data: &[u8], meta: Option<MetaTag>) -> Option<FrameTags<'_>> {
     let mut ether_type = eth.ether_type().0;
     let mut payload = eth.payload_slice();
     // The metadata tag was the outermost one on the wire.
-    let mut tags: [Option<Tag>; 2] = [meta.map(|m| Tag::from_tci(m.tpid, m.tci)), None];
-    let mut count = usize::from(tags[0].is_some());
     // etherparse handles up to three stacked tags; past two only the EtherType matters.
-    for _ in 0..3 {
+    let mut tags: [Option<Tag>; 2] = [meta.map(|m| Tag::from_tci(m.tpid, m.tci)), None];
+    let first_free = usize::from(tags[0].is_some());
+    for count in first_free..first_free + 3 {
         if !is_vlan_tpid(ether_type) {
             break;
         }
         let Ok(vlan) = SingleVlanSlice::from_slice(payload) else {
             break;
         };
-        if count < 2 {
-            tags[count] = Some(Tag {
+        if let Some(slot) = tags.get_mut(count) {
+            *slot = Some(Tag {
                 tpid: ether_type,
                 vid: vlan.vlan_identifier().value(),
                 pcp: vlan.priority_code_point().value(),
             });
         }
-        count += 1;
         ether_type = vlan.ether_type().0;
         payload = vlan.payload_slice();
     }

@@ -385,12 +385,15 @@ struct PortShared {
     stop: AtomicBool,
 }
 
+/// An end on a port: who, which VLAN, its counters.
+type EndSlot = (EndRef, Option<u16>, Arc<EndCounters>);
+
 struct PortWorker {
     port: String,
     shared: Arc<PortShared>,
     thread: Option<JoinHandle<()>>,
     /// Counters of the ends as last published, for the snapshot.
-    ends: Vec<(EndRef, Option<u16>, Arc<EndCounters>)>,
+    ends: Vec<EndSlot>,
     error: Option<String>,
 }
 
@@ -431,12 +434,30 @@ fn capture_loop(mut ring: ring::Ring, shared: Arc<PortShared>) {
     let mut table: Arc<PortTable> = Arc::clone(&lock(&shared.table));
     let mut blocks: u32 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
+        let ready = match ring.wait(100) {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::error!("inspector: capture on {} stopped: {e}", ring.ifname());
+                return;
+            }
+        };
+        // Checked after the wait: a frame captured after `update` returned is classified
+        // with the new table.
         let now_generation = shared.generation.load(Ordering::Acquire);
         if now_generation != generation {
             table = Arc::clone(&lock(&shared.table));
             generation = now_generation;
         }
-        let result = ring.next_block(100, |raw| {
+        if !ready {
+            if let Ok(stats) = ring.stats() {
+                shared
+                    .counters
+                    .kernel_drops
+                    .fetch_add(u64::from(stats.drops), Ordering::Relaxed);
+            }
+            continue;
+        }
+        let result = ring.next_block(0, |raw| {
             let ts = if raw.ts_ns == 0 {
                 ts_now_ns()
             } else {
@@ -447,8 +468,8 @@ fn capture_loop(mut ring: ring::Ring, shared: Arc<PortShared>) {
         match result {
             Ok(n) => {
                 blocks = blocks.wrapping_add(1);
-                // Drop counters are a syscall: read them on idle and every 64 blocks.
-                if n == 0 || blocks % 64 == 0 {
+                // Drop counters cost a syscall: read them when idle and every 64 blocks.
+                if n > 0 && blocks % 64 == 0 {
                     if let Ok(stats) = ring.stats() {
                         shared
                             .counters
@@ -622,10 +643,7 @@ fn stop_worker(mut worker: PortWorker) {
     }
 }
 
-fn build_table(
-    port: &PortExpect,
-    old: &[(EndRef, Option<u16>, Arc<EndCounters>)],
-) -> (PortTable, Vec<(EndRef, Option<u16>, Arc<EndCounters>)>) {
+fn build_table(port: &PortExpect, old: &[EndSlot]) -> (PortTable, Vec<EndSlot>) {
     let reuse = |end: &EndRef, vlan: Option<u16>| {
         old.iter()
             .find(|(e, v, _)| e == end && *v == vlan)

@@ -265,6 +265,32 @@ impl Ring {
         status
     }
 
+    /// Waits up to `timeout_ms` for the next block to be filled; true when it is.
+    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<bool> {
+        let i = self.current_block;
+        if self.block_status(i) & TP_STATUS_USER != 0 {
+            return Ok(true);
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLERR,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("polling the capture ring on {}: {e}", self.ifname),
+            ));
+        }
+        Ok(self.block_status(i) & TP_STATUS_USER != 0)
+    }
+
     /// Waits up to `timeout_ms` for a filled block and calls `each` for every frame in it;
     /// returns how many frames were handed over (0 on timeout or EINTR).
     pub fn next_block(
@@ -272,29 +298,10 @@ impl Ring {
         timeout_ms: i32,
         mut each: impl FnMut(RawFrame<'_>),
     ) -> io::Result<usize> {
-        let i = self.current_block;
-        if self.block_status(i) & TP_STATUS_USER == 0 {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN | libc::POLLERR,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    return Ok(0);
-                }
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("polling the capture ring on {}: {e}", self.ifname),
-                ));
-            }
-            if self.block_status(i) & TP_STATUS_USER == 0 {
-                return Ok(0);
-            }
+        if !self.wait(timeout_ms)? {
+            return Ok(0);
         }
+        let i = self.current_block;
         let block = self.block(i);
         // SAFETY: the block belongs to user space while TP_STATUS_USER is set; the
         // kernel-written offsets are bounds-checked against the block before use.
@@ -336,7 +343,7 @@ impl Ring {
                     None
                 };
                 each(RawFrame {
-                    direction: if pkttype == libc::PACKET_OUTGOING as u8 {
+                    direction: if pkttype == libc::PACKET_OUTGOING {
                         Direction::Tx
                     } else {
                         Direction::Rx

@@ -114,7 +114,9 @@ const ETH_P_ALL: u16 = 0x0003;
 pub struct Injector {
     tap: OwnedFd,
     name: String,
+    index: u32,
     target: String,
+    rtnl: Socket,
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -183,7 +185,7 @@ impl Injector {
         qdisc.header.handle = TcHandle::from(INGRESS_HANDLE);
         qdisc.header.parent = TcHandle::from(TC_H_INGRESS);
         qdisc.attributes = vec![TcAttribute::Kind("ingress".into())];
-        request(&sock, RouteNetlinkMessage::NewQueueDiscipline(qdisc)).map_err(|e| {
+        request(&sock, RouteNetlinkMessage::NewQueueDiscipline(qdisc), true).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("creating the ingress qdisc on {name}: {e}"),
@@ -193,7 +195,7 @@ impl Injector {
         filter.header.parent = TcHandle::from(INGRESS_HANDLE);
         filter.header.info = (1u32 << 16) | u32::from(ETH_P_ALL.to_be());
         filter.attributes = redirect_attrs(target_index);
-        request(&sock, RouteNetlinkMessage::NewTrafficFilter(filter)).map_err(|e| {
+        request(&sock, RouteNetlinkMessage::NewTrafficFilter(filter), true).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("creating the mirred ingress redirect {name} -> {target}: {e}"),
@@ -202,7 +204,9 @@ impl Injector {
         Ok(Injector {
             tap,
             name,
+            index,
             target: target.to_string(),
+            rtnl: sock,
         })
     }
 
@@ -225,6 +229,21 @@ impl Injector {
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for Injector {
+    /// Closing the fd removes the tap too, but asynchronously (seen here: the device was
+    /// still listed after the close); deleting it first makes it gone when drop returns.
+    fn drop(&mut self) {
+        let mut link = netlink_packet_route::link::LinkMessage::default();
+        link.header.index = self.index;
+        if let Err(e) = request(&self.rtnl, RouteNetlinkMessage::DelLink(link), false) {
+            log::debug!(
+                "deleting probe tap {}: {e} (closing its fd removes it)",
+                self.name
+            );
+        }
     }
 }
 
@@ -255,9 +274,12 @@ fn redirect_attrs(target: u32) -> Vec<TcAttribute> {
 }
 
 /// Sends one request and waits for its ack; a kernel error becomes an io::Error with its errno.
-fn request(sock: &Socket, msg: RouteNetlinkMessage) -> io::Result<()> {
+fn request(sock: &Socket, msg: RouteNetlinkMessage, create: bool) -> io::Result<()> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    if create {
+        header.flags |= NLM_F_CREATE | NLM_F_EXCL;
+    }
     header.sequence_number = 1;
     let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
     packet.finalize();

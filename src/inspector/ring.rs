@@ -430,6 +430,35 @@ impl Sender {
         Ok(())
     }
 
+    /// Sends `count` copies of `frame` with one `sendmmsg` call; returns how many went out.
+    pub fn send_copies(&self, frame: &[u8], count: usize) -> io::Result<usize> {
+        let mut iov = libc::iovec {
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        };
+        // SAFETY: mmsghdr is plain data; zero is valid.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..count).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for m in &mut msgs {
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points to the one iovec over `frame`, which outlives the
+        // call; the kernel only reads from it.
+        let rc = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                count as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(os_err(&self.ifname, "sending frames"));
+        }
+        Ok(rc as usize)
+    }
+
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: `frame` is a valid buffer of the length passed.
         let rc = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };

@@ -515,6 +515,7 @@ fn verify_passes_through_a_real_untagged_pipe_in_both_directions() {
         },
     );
     let json = serde_json::to_string_pretty(&result).expect("json");
+    eprintln!("{json}"); // figures (elapsed_us) for whoever runs it with --nocapture
     assert!(result.pass, "{json}");
     assert_eq!(result.directions.len(), 2, "{json}");
     for d in &result.directions {

@@ -259,7 +259,7 @@ fn main() {
     sh(&["ip", "-n", &ns.0, "link", "set", "b0", "up"]);
     sh(&["ip", "-n", &ns.0, "link", "set", "b1", "up"]);
 
-    println!("64-byte frames (802.1Q tag 100) over veth, {secs} s per rate; inspector: TPACKET_V3, snap 128, 8 MiB ring; tcpdump -w /dev/null (defaults)");
+    println!("64-byte frames (802.1Q tag 100) over veth, {secs} s per rate; inspector: TPACKET_V3, snap 128, 4 MiB ring; tcpdump -w /dev/null (defaults)");
     println!(
         "{:>10} | {:>10} {:>10} {:>8} {:>6} {:>8} | {:>10} {:>10} {:>8} {:>6} {:>8}",
         "offered",

@@ -639,3 +639,44 @@ fn verify_probes_are_not_customer_traffic() {
         assert!(port(&view, p).violations.is_empty(), "{json}");
     }
 }
+
+/// Why the inspector does not capture with pnet: pnet_datalink 0.35 reads with plain `recv`
+/// and no auxdata, so a frame received with an 802.1Q tag arrives without it (the kernel moved
+/// the tag to metadata). If this ever fails, pnet learnt to keep tags.
+#[test]
+fn pnet_datalink_loses_the_received_tag() {
+    use pnet::datalink::{self, Channel};
+    let ns = pair();
+    let ether_types = ns.run(|| {
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == "x1")
+            .expect("pnet lists x1");
+        let cfg = datalink::Config {
+            read_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        let Ok(Channel::Ethernet(_tx, mut rx)) = datalink::channel(&iface, cfg) else {
+            panic!("pnet channel on x1");
+        };
+        Sender::open("x0")
+            .expect("sender")
+            .send(&single(200))
+            .expect("send");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while seen.is_empty() && Instant::now() < deadline {
+            if let Ok(f) = rx.next() {
+                if f.len() >= 14 && f[6..12] == SRC {
+                    seen.push(u16::from_be_bytes([f[12], f[13]]));
+                }
+            }
+        }
+        seen
+    });
+    assert_eq!(
+        ether_types,
+        vec![0x0800],
+        "expected pnet to see the frame sent with tag 200 as plain IPv4 (tag lost); EtherTypes seen: {ether_types:04x?}"
+    );
+}

@@ -80,7 +80,9 @@ pub struct InspectConfig {
     pub snap_len: u32,
     /// Only these ports (by port name); empty = every port in the expectation.
     pub ports: Vec<String>,
-    /// Ring size per port in bytes (rounded to blocks of 1 MiB).
+    /// Ring size per port in bytes (whole blocks of 1 MiB, at least 2): the kernel memory
+    /// each port costs, and the slack while the capture thread is not scheduled (a
+    /// minimum-size frame takes about 150 bytes of ring: 4 MiB hold roughly 25 000).
     pub ring_bytes: u32,
 }
 
@@ -89,7 +91,7 @@ impl Default for InspectConfig {
         Self {
             snap_len: 128,
             ports: Vec::new(),
-            ring_bytes: 8 << 20,
+            ring_bytes: 4 << 20,
         }
     }
 }

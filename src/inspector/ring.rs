@@ -200,37 +200,21 @@ impl Ring {
             return Err(os_err(ifname, "setting up the TPACKET_V3 ring"));
         }
         let map_len = block_size as usize * req.tp_block_nr as usize;
+        // The ring's pages are kernel memory: never swapped, so no MAP_LOCKED.
         // SAFETY: maps the ring the kernel just allocated for this fd; checked below.
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 map_len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_LOCKED,
+                libc::MAP_SHARED,
                 fd.as_raw_fd(),
                 0,
             )
         };
-        let map = if map == libc::MAP_FAILED {
-            // MAP_LOCKED can fail under RLIMIT_MEMLOCK; the ring works unlocked too.
-            // SAFETY: as above, without MAP_LOCKED.
-            let map = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    map_len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    0,
-                )
-            };
-            if map == libc::MAP_FAILED {
-                return Err(os_err(ifname, "mapping the capture ring"));
-            }
-            map
-        } else {
-            map
-        };
+        if map == libc::MAP_FAILED {
+            return Err(os_err(ifname, "mapping the capture ring"));
+        }
         let map = NonNull::new(map.cast::<u8>()).ok_or_else(|| {
             io::Error::other(format!("mapping the capture ring on {ifname}: null"))
         })?;

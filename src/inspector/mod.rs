@@ -25,6 +25,13 @@
 //!
 //! The first frame of an egress (Tx) violation is logged as an error: vxcd itself sent a
 //! wrong tag. Bytes are the frame's length on the wire without FCS, tag included.
+//! Counters are cumulative since the port's capture started: [`Inspector::update`] keeps the
+//! counters of ends that stay (same VXC, side and VLAN) and every violation cell.
+//!
+//! Integration: `start`/`update` open sockets in the calling thread's network namespace;
+//! `snapshot` is cheap and lock-free for the capture threads; [`verify`] blocks for up to
+//! [`VerifyConfig::timeout`] per direction (run it on a blocking thread). The config knobs are
+//! [`InspectConfig`] (inspection off = do not start an `Inspector`).
 //!
 //! Hot path: the ring hands frames over a block at a time (no copy, no syscall per frame);
 //! a one-instruction BPF filter returns the snap length so the kernel copies only the
@@ -1010,4 +1017,181 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
         pass: directions.iter().all(|d| d.pass),
         directions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::{MetaTag, RawFrame};
+
+    fn table_for(port: &PortExpect) -> PortTable {
+        build_table(port, &[]).0
+    }
+
+    fn raw(data: &[u8], meta: Option<MetaTag>, direction: Direction) -> RawFrame<'_> {
+        RawFrame {
+            direction,
+            meta_tag: meta,
+            wire_len: data.len() as u32,
+            ts_ns: 1,
+            data,
+        }
+    }
+
+    fn eth(inline_tags: &[(u16, u16)], ether_type: u16) -> Vec<u8> {
+        let mut f = vec![2u8; 12];
+        for (tpid, vid) in inline_tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&vid.to_be_bytes());
+        }
+        f.extend_from_slice(&ether_type.to_be_bytes());
+        f.resize(60, 0);
+        f
+    }
+
+    fn end_ref(vxc: &str) -> EndRef {
+        EndRef {
+            vxc: vxc.into(),
+            side: Side::A,
+        }
+    }
+
+    #[test]
+    fn inspector_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Inspector>();
+    }
+
+    #[test]
+    fn classify_counts_ends_with_tag_bytes_and_files_violations() {
+        let tagged = PortExpect {
+            port: "p".into(),
+            interface: "i".into(),
+            untagged: None,
+            vlans: vec![(200, end_ref("v1"))],
+        };
+        let table = table_for(&tagged);
+        let counters = PortCounters::new("i");
+        // Tag 200 as metadata (received): 60 bytes of data + the 4 tag bytes on the wire.
+        let data = eth(&[], 0x0800);
+        let meta = Some(MetaTag {
+            tpid: 0x8100,
+            tci: 200,
+        });
+        classify(&table, &counters, &raw(&data, meta, Direction::Rx), 1);
+        // Tag 200 inline (sent without offload): 60 bytes with the tag.
+        let inline = eth(&[(0x8100, 200)], 0x0800);
+        classify(&table, &counters, &raw(&inline, None, Direction::Tx), 2);
+        let end = &table.ends[0];
+        assert_eq!(end.rx_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(end.rx_bytes.load(Ordering::Relaxed), 64);
+        assert_eq!(end.tx_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(end.tx_bytes.load(Ordering::Relaxed), 60);
+
+        // S-tag 200 with C-tag 7: not the 802.1Q subinterface's frame.
+        let qinq = eth(&[(0x8100, 7)], 0x0800);
+        let s_meta = Some(MetaTag {
+            tpid: 0x88a8,
+            tci: 200,
+        });
+        classify(&table, &counters, &raw(&qinq, s_meta, Direction::Rx), 3);
+        let cell = &counters.violations[200];
+        assert_eq!(cell.count.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            ViolationKind::from_code(cell.kind.load(Ordering::Relaxed)),
+            Some(ViolationKind::UnexpectedTpid)
+        );
+        assert_eq!(cell.inner.load(Ordering::Relaxed), 0x1_0000 | 7);
+        assert_eq!(cell.last_seen_ns.load(Ordering::Relaxed), 3);
+
+        // Untagged on this tagged port, sent: the Tx half of the cells.
+        classify(&table, &counters, &raw(&data, None, Direction::Tx), 4);
+        let cell = &counters.violations[SLOTS + UNTAGGED_SLOT];
+        assert_eq!(cell.count.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            ViolationKind::from_code(cell.kind.load(Ordering::Relaxed)),
+            Some(ViolationKind::UntaggedOnTaggedPort)
+        );
+
+        // A probe tagged 200 counts as a probe only.
+        let mark = probe::ProbeMark {
+            vxc_hash: 1,
+            nonce: 2,
+            entry: 0,
+        };
+        let p = probe::build(Some(200), mark);
+        classify(&table, &counters, &raw(&p, None, Direction::Rx), 5);
+        assert_eq!(counters.probes[0].load(Ordering::Relaxed), 1);
+        assert_eq!(end.rx_frames.load(Ordering::Relaxed), 1);
+
+        // Runts are counted apart.
+        classify(&table, &counters, &raw(&data[..8], None, Direction::Rx), 6);
+        assert_eq!(counters.unparsed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn untagged_port_takes_untagged_frames_and_flags_tagged_ones() {
+        let plain = PortExpect {
+            port: "p".into(),
+            interface: "i".into(),
+            untagged: Some(end_ref("v1")),
+            vlans: vec![],
+        };
+        let table = table_for(&plain);
+        let counters = PortCounters::new("i");
+        let data = eth(&[], 0x0800);
+        classify(&table, &counters, &raw(&data, None, Direction::Rx), 1);
+        let meta = Some(MetaTag {
+            tpid: 0x8100,
+            tci: 5,
+        });
+        classify(&table, &counters, &raw(&data, meta, Direction::Rx), 2);
+        let end = table.untagged.as_ref().expect("untagged end");
+        assert_eq!(end.rx_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            ViolationKind::from_code(counters.violations[5].kind.load(Ordering::Relaxed)),
+            Some(ViolationKind::TaggedOnUntaggedPort)
+        );
+    }
+
+    #[test]
+    fn expectation_from_vxcs_maps_ends_to_ports() {
+        let vxc = VxcSpec {
+            id: "v".into(),
+            rate_mbps: 10,
+            a: crate::dataplane::EndSpec {
+                port: "p1".into(),
+                interface: "eth1".into(),
+                vlan: Some(200),
+            },
+            b: crate::dataplane::EndSpec {
+                port: "p2".into(),
+                interface: "eth2".into(),
+                vlan: None,
+            },
+        };
+        let exp = Expectation::from_vxcs(&[("p3".into(), "eth3".into())], &[vxc]);
+        assert_eq!(exp.ports.len(), 3);
+        let p1 = exp.ports.iter().find(|p| p.port == "p1").expect("p1");
+        assert_eq!(
+            p1.vlans,
+            vec![(
+                200,
+                EndRef {
+                    vxc: "v".into(),
+                    side: Side::A
+                }
+            )]
+        );
+        let p2 = exp.ports.iter().find(|p| p.port == "p2").expect("p2");
+        assert_eq!(
+            p2.untagged,
+            Some(EndRef {
+                vxc: "v".into(),
+                side: Side::B
+            })
+        );
+        let p3 = exp.ports.iter().find(|p| p.port == "p3").expect("p3");
+        assert!(p3.untagged.is_none() && p3.vlans.is_empty());
+    }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod dataplane;
 pub mod domain;
 pub mod engine;
+pub mod inspector;
 pub mod logging;
 pub mod protocol;
 pub mod reconcile;

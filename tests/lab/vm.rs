@@ -34,6 +34,8 @@ const MODULES: &[&str] = &[
     "macvlan",
     "ifb",
     "nlmon",
+    // /dev/net/tun: the inspector injects verify probes through a tap device.
+    "tun",
     "sch_tbf",
     "sch_htb",
     "sch_ingress",

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::domain::{AEndRequest, KeyRequest, VxcRequest};
+use crate::inspector::{DirectionResult, PortView as InspectPort};
 use crate::protocol::{EndView, KeyView, Op, PortView, StatusView, VxcView};
 
 /// Where vxcd listens unless `--socket` or `VXCD_SOCKET` say otherwise (config `[control] socket`).
@@ -732,7 +733,25 @@ pub fn render_status(result: &Value) -> Result<String, String> {
         ("kernel 802.1Q", yes_no(status.kernel.vlan_8021q)),
         ("last reconcile", or_dash(status.last_reconcile)),
         ("drift repairs", status.drift_repairs.to_string()),
+        ("inspector", inspector_text(&status.inspector)),
     ]))
+}
+
+fn inspector_text(status: &crate::protocol::InspectorStatus) -> String {
+    if !status.enabled {
+        return "off".to_owned();
+    }
+    let mut text = format!(
+        "on, {} ports capturing, {} violation frames",
+        status.capturing, status.violations
+    );
+    if status.egress_violations > 0 {
+        text.push_str(&format!(
+            " ({} SENT by this host)",
+            status.egress_violations
+        ));
+    }
+    text
 }
 
 /// `port.list`: NAME INTERFACE PRESENT VLANS UNTAGGED ACCEPTING.
@@ -872,6 +891,147 @@ pub fn render_deleted_vxc(result: &Value) -> Result<String, String> {
 }
 
 /// `--json`: the result object, pretty.
+/// `verify`: one line per VXC direction, then the verdict.
+pub fn render_verify(result: &Value) -> Result<String, String> {
+    let results: Vec<Value> = field(result, "results")?;
+    let pass: bool = field(result, "pass")?;
+    let mut rows = Vec::new();
+    for r in &results {
+        let vxc = r["vxc"].as_str().unwrap_or("?").to_owned();
+        if let Some(error) = r["error"].as_str() {
+            rows.push(vec![
+                vxc,
+                "-".into(),
+                "FAIL".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                error.to_owned(),
+            ]);
+            continue;
+        }
+        let directions: Vec<DirectionResult> = serde_json::from_value(r["directions"].clone())
+            .map_err(|e| format!("result: directions: {e}"))?;
+        for d in directions {
+            let observed = match (d.seen, d.observed_tag) {
+                (false, _) => "not seen".to_owned(),
+                (true, None) => "untagged".to_owned(),
+                (true, Some(tag)) if tag.tpid == 0x8100 => format!("VLAN {}", tag.vid),
+                (true, Some(tag)) => format!("VLAN {} (TPID {:#06x})", tag.vid, tag.tpid),
+            };
+            rows.push(vec![
+                vxc.clone(),
+                d.direction,
+                if d.pass { "pass" } else { "FAIL" }.into(),
+                d.expected_vlan
+                    .map_or("untagged".into(), |v| format!("VLAN {v}")),
+                observed,
+                format!("{:.1} ms", d.elapsed_us as f64 / 1000.0),
+                d.detail,
+            ]);
+        }
+    }
+    let mut text = table(
+        &[
+            "VXC",
+            "DIRECTION",
+            "RESULT",
+            "EXPECTED",
+            "OBSERVED",
+            "TIME",
+            "DETAIL",
+        ],
+        &rows,
+    );
+    text.push_str(if pass {
+        "all passed\n"
+    } else {
+        "verification FAILED\n"
+    });
+    Ok(text)
+}
+
+/// `inspect`: per port and VXC end the counters, then the violations.
+pub fn render_inspect(result: &Value) -> Result<String, String> {
+    if result["enabled"] == Value::Bool(false) {
+        return Ok("packet inspection is off ([inspector] enabled = false)\n".to_owned());
+    }
+    let ports: Vec<InspectPort> = field(result, "ports")?;
+    let mut ends = Vec::new();
+    let mut violations = Vec::new();
+    let mut notes = String::new();
+    for port in &ports {
+        if let Some(error) = &port.error {
+            notes.push_str(&format!(
+                "port {} ({}): not capturing: {error}\n",
+                port.port, port.interface
+            ));
+        }
+        if port.kernel_drops > 0 {
+            notes.push_str(&format!(
+                "port {} ({}): the kernel dropped {} frames (counts are low)\n",
+                port.port, port.interface, port.kernel_drops
+            ));
+        }
+        for end in &port.ends {
+            ends.push(vec![
+                port.port.clone(),
+                end.vxc.clone(),
+                end.side.clone(),
+                end.vlan.map_or("untagged".into(), |v| v.to_string()),
+                end.rx_frames.to_string(),
+                end.rx_bytes.to_string(),
+                end.tx_frames.to_string(),
+                end.tx_bytes.to_string(),
+            ]);
+        }
+        for v in &port.violations {
+            violations.push(vec![
+                port.port.clone(),
+                v.kind.as_str().to_owned(),
+                v.vlan.map_or("untagged".into(), |vlan| vlan.to_string()),
+                serde_json::to_value(v.direction)
+                    .ok()
+                    .and_then(|k| k.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                v.count.to_string(),
+                v.last_seen.clone(),
+            ]);
+        }
+    }
+    let mut text = table(
+        &[
+            "PORT",
+            "VXC",
+            "END",
+            "VLAN",
+            "RX-FRAMES",
+            "RX-BYTES",
+            "TX-FRAMES",
+            "TX-BYTES",
+        ],
+        &ends,
+    );
+    text.push('\n');
+    if violations.is_empty() {
+        text.push_str("no violations\n");
+    } else {
+        text.push_str(&table(
+            &[
+                "PORT",
+                "VIOLATION",
+                "VLAN",
+                "DIRECTION",
+                "COUNT",
+                "LAST-SEEN",
+            ],
+            &violations,
+        ));
+    }
+    text.push_str(&notes);
+    Ok(text)
+}
+
 pub fn render_json(result: &Value) -> Result<String, String> {
     serde_json::to_string_pretty(result)
         .map(|mut s| {

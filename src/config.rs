@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use crate::dataplane::{BurstPolicy, DataplaneConfig, DEFAULT_OWNER_GROUP};
 use crate::domain::PortName;
+use crate::inspector::InspectConfig;
 
 /// Longest Linux interface name (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
@@ -26,6 +27,8 @@ pub struct Config {
     pub shaping: ShapingConfig,
     #[serde(default)]
     pub dataplane: DataplaneSection,
+    #[serde(default)]
+    pub inspector: InspectorSection,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
 }
@@ -123,6 +126,29 @@ impl Default for DataplaneSection {
     }
 }
 
+/// The packet inspector: passive capture on every port interface, and `verify`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InspectorSection {
+    /// Capture and classify frames on the ports (verify works either way).
+    pub enabled: bool,
+    /// Port names to inspect; empty: every port.
+    pub ports: Vec<String>,
+    /// Bytes kept of each frame: headers only; counters use the full length.
+    pub snap_len: u32,
+}
+
+impl Default for InspectorSection {
+    fn default() -> Self {
+        let defaults = InspectConfig::default();
+        InspectorSection {
+            enabled: true,
+            ports: Vec::new(),
+            snap_len: defaults.snap_len,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
@@ -210,6 +236,18 @@ impl Config {
                 "keys shaping.burst_us and shaping.burst_frames: must be at least 1".into(),
             ));
         }
+        if config.inspector.snap_len < 64 {
+            return Err(fail(
+                "key inspector.snap_len: must be at least 64 bytes".into(),
+            ));
+        }
+        for name in &config.inspector.ports {
+            if !names.contains(name) {
+                return Err(fail(format!(
+                    "key inspector.ports: {name:?} is not a configured port"
+                )));
+            }
+        }
         if config.reconcile.interval_s == 0 {
             return Err(fail("key reconcile.interval_s: must be at least 1".into()));
         }
@@ -227,6 +265,15 @@ impl Config {
             },
             ..DataplaneConfig::default()
         }
+    }
+
+    /// The inspector's settings, `None` when inspection is off.
+    pub fn inspector(&self) -> Option<InspectConfig> {
+        self.inspector.enabled.then(|| InspectConfig {
+            snap_len: self.inspector.snap_len,
+            ports: self.inspector.ports.clone(),
+            ..InspectConfig::default()
+        })
     }
 
     /// The validated ports.

@@ -16,8 +16,10 @@ use time::OffsetDateTime;
 use crate::config::Port;
 use crate::dataplane::{self, Dataplane, EndSpec, VxcOutcome, VxcSpec, VxcStatus as PlanStatus};
 use crate::domain::{Change, KeyId, Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
+use crate::inspector::{self, Direction, Expectation, InspectConfig, Inspector, VerifySpec};
 use crate::protocol::{
-    EndView, Failure, KernelView, KeyView, Op, PortView, StatusView, VxcView, PROTOCOL_VERSION,
+    EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView, VxcView,
+    PROTOCOL_VERSION,
 };
 use crate::store::Store;
 
@@ -85,6 +87,43 @@ pub struct Engine {
     drift_repairs: u64,
     /// False: observe-only, drift is reported but not repaired.
     repair: bool,
+    /// The packet inspector, when enabled.
+    inspector: Option<Inspector>,
+    /// The inspector's expectation lags the model (rebuilt at most once a second during bursts,
+    /// and at every reconcile, so a burst of puts does not rebuild it per put).
+    inspect_dirty: bool,
+    inspect_updated: Instant,
+}
+
+/// Longest the inspector's expectation may lag a change while requests keep coming.
+const INSPECT_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Probes each VXC (blocking: a few milliseconds to two seconds per direction) and gathers the
+/// results: `{"pass": all passed, "results": [VerifyResult or {"vxc", "pass": false, "error"}]}`.
+pub fn run_verify(specs: Vec<VerifySpec>) -> Value {
+    let mut pass = true;
+    let mut results = Vec::with_capacity(specs.len());
+    for spec in &specs {
+        match inspector::verify(spec, inspector::VerifyConfig::default()) {
+            Ok(result) => {
+                pass &= result.pass;
+                for d in &result.directions {
+                    if d.pass {
+                        log::info!(vxc = spec.vxc.as_str(), direction = d.direction.as_str(); "verify {}: {}", spec.vxc, d.detail);
+                    } else {
+                        log::error!(vxc = spec.vxc.as_str(), direction = d.direction.as_str(); "verify {}: {}", spec.vxc, d.detail);
+                    }
+                }
+                results.push(json!(result));
+            }
+            Err(e) => {
+                pass = false;
+                log::error!(vxc = spec.vxc.as_str(); "verify {}: {e}", spec.vxc);
+                results.push(json!({"vxc": spec.vxc, "pass": false, "error": e.to_string()}));
+            }
+        }
+    }
+    json!({"pass": pass, "results": results})
 }
 
 fn missing_text(missing: &[(String, String)]) -> String {
@@ -180,7 +219,96 @@ impl Engine {
             last_reconcile: None,
             drift_repairs: 0,
             repair,
+            inspector: None,
+            inspect_dirty: false,
+            inspect_updated: Instant::now(),
         }
+    }
+
+    /// Starts passive inspection of the ports (`None`: inspection off).
+    pub fn start_inspector(&mut self, cfg: Option<InspectConfig>) {
+        let Some(cfg) = cfg else {
+            log::info!("packet inspection is off");
+            return;
+        };
+        match Inspector::start(cfg, self.expectation()) {
+            Ok(inspector) => self.inspector = Some(inspector),
+            Err(e) => log::error!("packet inspection could not start: {e}"),
+        }
+    }
+
+    fn port_pairs(&self) -> Vec<(String, String)> {
+        self.ports
+            .iter()
+            .map(|(name, interface)| (name.to_string(), interface.clone()))
+            .collect()
+    }
+
+    fn expectation(&self) -> Expectation {
+        let desired: Vec<VxcSpec> = self.model.vxcs().filter_map(|v| self.spec(v)).collect();
+        Expectation::from_vxcs(&self.port_pairs(), &desired)
+    }
+
+    /// Notes that the VXCs changed; refreshes the inspector unless it did so very recently.
+    fn inspect_changed(&mut self) {
+        self.inspect_dirty = true;
+        if self.inspect_updated.elapsed() >= INSPECT_REFRESH {
+            self.refresh_inspector();
+        }
+    }
+
+    /// Hands the inspector the current expectation (it also retries ports that were missing).
+    fn refresh_inspector(&mut self) {
+        if let Some(inspector) = &self.inspector {
+            inspector.update(self.expectation());
+        }
+        self.inspect_dirty = false;
+        self.inspect_updated = Instant::now();
+    }
+
+    /// What `verify` probes: one VXC, or every VXC.
+    pub fn verify_specs(&self, id: Option<&str>) -> Result<Vec<VerifySpec>, Failure> {
+        let vxcs: Vec<&Vxc> = match id {
+            Some(id) => vec![self.model.vxc(id).ok_or_else(|| RuleError::NotFound {
+                what: "VXC",
+                id: id.to_owned(),
+            })?],
+            None => self.model.vxcs().collect(),
+        };
+        let ports = self.port_pairs();
+        vxcs.into_iter()
+            .map(|vxc| {
+                self.spec(vxc)
+                    .map(|spec| VerifySpec::from_vxc(&spec, &ports))
+                    .ok_or_else(|| {
+                        Failure::dataplane(format!(
+                            "VXC {}: port {} or {} is not in the config; nothing to probe",
+                            vxc.id, vxc.a_end.port, vxc.b_end.port
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    fn inspector_status(&self) -> InspectorStatus {
+        let Some(inspector) = &self.inspector else {
+            return InspectorStatus::default();
+        };
+        let view = inspector.snapshot();
+        let mut status = InspectorStatus {
+            enabled: true,
+            ..InspectorStatus::default()
+        };
+        for port in &view.ports {
+            status.capturing += usize::from(port.capturing);
+            for v in &port.violations {
+                status.violations += v.count;
+                if v.direction == Direction::Tx {
+                    status.egress_violations += v.count;
+                }
+            }
+        }
+        status
     }
 
     pub fn model(&self) -> &Model {
@@ -249,6 +377,23 @@ impl Engine {
             }
             Op::VxcPut { vxc } => self.put_vxc(&vxc, now).await,
             Op::VxcDelete { id } => self.delete_vxc(&id).await,
+            Op::Inspect {} => {
+                if self.inspect_dirty {
+                    self.refresh_inspector();
+                }
+                match &self.inspector {
+                    Some(inspector) => {
+                        let view = inspector.snapshot();
+                        Ok(json!({"enabled": true, "ports": view.ports}))
+                    }
+                    None => Ok(json!({"enabled": false, "ports": []})),
+                }
+            }
+            // The server runs verify outside the engine lock (it waits for probes).
+            Op::Verify { id } => {
+                let specs = self.verify_specs(id.as_deref())?;
+                Ok(json!(run_verify(specs)))
+            }
         }
     }
 
@@ -301,6 +446,7 @@ impl Engine {
                 );
                 self.states.insert(vxc.id.clone(), state);
                 self.model.commit_vxc(plan);
+                self.inspect_changed();
                 Ok(json!({"vxc": self.vxc_view(&vxc, None)}))
             }
             Change::Updated { before, after } => {
@@ -361,6 +507,7 @@ impl Engine {
         log::info!(vxc = vxc.id.as_str(); "VXC {} deleted", vxc.id);
         self.model.commit_delete_vxc(&vxc.id);
         self.states.remove(&vxc.id);
+        self.inspect_changed();
         Ok(json!({"deleted": vxc.id}))
     }
 
@@ -413,6 +560,7 @@ impl Engine {
         } else {
             self.check(&desired).await
         };
+        self.refresh_inspector();
         match outcome {
             Ok(()) => {
                 self.last_reconcile = Some(OffsetDateTime::now_utc());
@@ -527,6 +675,7 @@ impl Engine {
             last_reconcile: self.last_reconcile.map(rfc3339),
             drift_repairs: self.drift_repairs,
             vxc_states,
+            inspector: self.inspector_status(),
         }
     }
 

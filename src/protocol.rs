@@ -44,6 +44,15 @@ pub enum Op {
     VxcList {},
     #[serde(rename = "vxc.delete")]
     VxcDelete { id: String },
+    /// Probe a VXC (or, without id, every VXC) and prove its tags on the wire.
+    #[serde(rename = "verify")]
+    Verify {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// The packet inspector's counters and violations.
+    #[serde(rename = "inspect")]
+    Inspect {},
 }
 
 /// The operation names, for `unknown_op` and for clients.
@@ -60,17 +69,24 @@ pub const OPS: &[&str] = &[
     "vxc.get",
     "vxc.list",
     "vxc.delete",
+    "verify",
+    "inspect",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
-const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete"];
+const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify"];
 
 impl Op {
-    /// Whether the operation changes state (and so needs a writer).
-    pub fn is_change(&self) -> bool {
+    /// Whether the operation needs a writer: it changes state, or (verify) sends frames into
+    /// customer ports.
+    pub fn needs_writer(&self) -> bool {
         matches!(
             self,
-            Op::KeyPut { .. } | Op::KeyDelete { .. } | Op::VxcPut { .. } | Op::VxcDelete { .. }
+            Op::KeyPut { .. }
+                | Op::KeyDelete { .. }
+                | Op::VxcPut { .. }
+                | Op::VxcDelete { .. }
+                | Op::Verify { .. }
         )
     }
 }
@@ -299,6 +315,21 @@ pub struct StatusView {
     /// VXCs per state, for the operator's first glance.
     #[serde(default)]
     pub vxc_states: std::collections::BTreeMap<String, usize>,
+    /// The packet inspector at a glance.
+    #[serde(default)]
+    pub inspector: InspectorStatus,
+}
+
+/// `status.inspector`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct InspectorStatus {
+    pub enabled: bool,
+    /// Ports whose capture runs.
+    pub capturing: usize,
+    /// Frames counted as violations, all ports and kinds.
+    pub violations: u64,
+    /// Of which sent by this host (vxcd's own egress carried a wrong tag).
+    pub egress_violations: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -325,6 +356,15 @@ mod tests {
         assert_eq!(req.op, Op::VxcGet { id: "v-7".into() });
         let req = parse(r#"{"op": "vxc.delete", "id": "v-7"}"#).unwrap();
         assert_eq!(req.op, Op::VxcDelete { id: "v-7".into() });
+        let req = parse(r#"{"op": "verify", "id": "v-7"}"#).unwrap();
+        assert_eq!(
+            req.op,
+            Op::Verify {
+                id: Some("v-7".into())
+            }
+        );
+        let req = parse(r#"{"op": "verify"}"#).unwrap();
+        assert_eq!(req.op, Op::Verify { id: None });
         let (_, failure) = parse(r#"{"op": "vxc.get", "id": 7}"#).unwrap_err();
         assert_eq!(failure.code, "bad_request", "a VXC id is a string");
         let req = parse(

@@ -13,7 +13,7 @@ use tokio_util::codec::{
 
 use crate::config::Access;
 use crate::engine::Engine;
-use crate::protocol::{self, Failure, Request};
+use crate::protocol::{self, Failure, Op, Request};
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,14 +35,22 @@ impl Control {
 
     /// Answers one parsed request.
     pub async fn answer(&self, request: Request, peer: Peer) -> Result<serde_json::Value, Failure> {
-        if request.op.is_change() && !self.may_change(peer) {
+        if request.op.needs_writer() && !self.may_change(peer) {
             return Err(Failure::new(
                 "unauthorized",
                 format!(
-                    "uid {} may not change state: only root and the configured writers may",
+                    "uid {} may not change state or send probes: only root and the configured \
+                     writers may",
                     peer.uid
                 ),
             ));
+        }
+        if let Op::Verify { id } = &request.op {
+            // Probing takes up to seconds: take what to probe under the lock, probe without it.
+            let specs = self.engine.lock().await.verify_specs(id.as_deref())?;
+            return tokio::task::spawn_blocking(move || crate::engine::run_verify(specs))
+                .await
+                .map_err(|e| Failure::internal(format!("verify stopped: {e}")));
         }
         self.engine.lock().await.handle(request.op).await
     }

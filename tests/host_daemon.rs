@@ -509,3 +509,102 @@ fn vxcctl_against_the_running_daemon() {
     let keys: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(keys["keys"][0]["reason"], json!("key_used"));
 }
+
+/// An Ethernet frame (UDP in IPv4), tagged with `vlan` or untagged.
+fn frame(vlan: Option<u16>) -> Vec<u8> {
+    use etherparse::{PacketBuilder, VlanId};
+    let ethernet = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 1], [0x02, 0, 0, 0, 0, 2]);
+    let ip = match vlan {
+        Some(v) => {
+            ethernet
+                .single_vlan(VlanId::try_new(v).unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+        }
+        None => ethernet.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64),
+    };
+    let mut out = Vec::new();
+    ip.udp(1000, 2000).write(&mut out, &[0u8; 18]).unwrap();
+    out
+}
+
+#[test]
+fn inspect_reports_violations_from_the_wire_and_verify_needs_a_writer() {
+    let (ns, d) = with_present_ports();
+    // Key on syd-2 reserves VLAN 100 there; syd-1 carries nothing yet.
+    ok(d.call(single_use_key("k-1", "syd-2", 100)));
+    let view = ok(d.call(json!({"op": "inspect"})));
+    assert_eq!(view["enabled"], json!(true));
+    let ports = view["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{view}");
+    assert!(
+        ports.iter().all(|p| p["capturing"] == json!(true)),
+        "{view}"
+    );
+    // The "customer" side of syd-1 (p1x, the veth peer) sends 3 frames tagged 77 and 2 untagged.
+    ns.run(|| {
+        let sender = vxcd::inspector::ring::Sender::open("p1x").expect("packet socket on p1x");
+        sender
+            .send_copies(&frame(Some(77)), 3)
+            .expect("sending tagged frames");
+        sender
+            .send_copies(&frame(None), 2)
+            .expect("sending untagged frames");
+    });
+    let mut found = None;
+    for _ in 0..100 {
+        let view = ok(d.call(json!({"op": "inspect"})));
+        let syd1 = view["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == json!("syd-1"))
+            .cloned()
+            .unwrap();
+        let violations = syd1["violations"].as_array().cloned().unwrap_or_default();
+        let count = |kind: &str| {
+            violations
+                .iter()
+                .filter(|v| v["kind"] == json!(kind) && v["direction"] == json!("rx"))
+                .map(|v| v["count"].as_u64().unwrap())
+                .sum::<u64>()
+        };
+        if count("unknown_vlan") >= 3 && count("untagged_on_tagged_port") >= 2 {
+            found = Some(violations);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let violations = found.unwrap_or_else(|| panic!("violations never showed; log:\n{}", d.log()));
+    let unknown = violations
+        .iter()
+        .find(|v| v["kind"] == json!("unknown_vlan"))
+        .unwrap();
+    assert_eq!(unknown["vlan"], json!(77));
+    assert_eq!(unknown["count"], json!(3));
+    let untagged = violations
+        .iter()
+        .find(|v| v["kind"] == json!("untagged_on_tagged_port"))
+        .unwrap();
+    assert_eq!(untagged["vlan"], json!(null));
+    assert_eq!(untagged["count"], json!(2));
+    let status = ok(d.call(json!({"op": "status"})));
+    assert!(
+        status["inspector"]["violations"].as_u64().unwrap() >= 5,
+        "{status}"
+    );
+    assert_eq!(
+        status["inspector"]["egress_violations"],
+        json!(0),
+        "{status}"
+    );
+    // verify sends probes into customer ports: writers only; an unknown VXC is not_found.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    err(
+        call_as(4243, &d.socket, &json!({"op": "verify", "id": "v-1"})),
+        "unauthorized",
+    );
+    err(d.call(json!({"op": "verify", "id": "v-1"})), "not_found");
+    let all = ok(d.call(json!({"op": "verify"})));
+    assert_eq!(all, json!({"pass": true, "results": []}));
+}

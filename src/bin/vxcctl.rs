@@ -56,6 +56,13 @@ enum Command {
     /// One VXC, or create/update/plan/delete one
     #[command(subcommand)]
     Vxc(VxcCommand),
+    /// Prove a VXC's tags on the wire with probe frames (all VXCs without an id); exit 1 if any fails
+    Verify {
+        /// VXC id
+        id: Option<String>,
+    },
+    /// The packet inspector's counters per VXC end and violations per port
+    Inspect,
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +125,8 @@ impl Command {
             Command::Vxc(VxcCommand::Delete { id }) => {
                 (Op::VxcDelete { id }, client::render_deleted_vxc)
             }
+            Command::Verify { id } => (Op::Verify { id }, client::render_verify),
+            Command::Inspect => (Op::Inspect {}, client::render_inspect),
         })
     }
 }
@@ -127,6 +136,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
     let socket = client::socket_path(cli.socket);
+    let is_verify = matches!(cli.command, Command::Verify { .. });
     let (op, render) = match cli.command.request() {
         Ok(request) => request,
         Err(err) => return fail(2, &err.to_string()),
@@ -141,6 +151,11 @@ fn main() -> ExitCode {
                 render(&result)
             };
             match rendered {
+                // A verification that ran but failed is the operator's signal: exit 1.
+                Ok(text) if is_verify && result["pass"] != serde_json::Value::Bool(true) => {
+                    let _ = print(&text);
+                    fail(1, "verification failed")
+                }
                 Ok(text) => print(&text),
                 Err(detail) => fail(
                     2,

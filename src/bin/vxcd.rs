@@ -96,6 +96,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("subscribing to kernel events: {e}"))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.reconcile().await;
+    engine.start_inspector(config.inspector());
     let listener = server::bind(&config.control.socket, &access)?;
     let control = Arc::new(Control {
         engine: tokio::sync::Mutex::new(engine),

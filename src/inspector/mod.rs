@@ -185,6 +185,16 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
+    /// The name used in views and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ViolationKind::UnknownVlan => "unknown_vlan",
+            ViolationKind::UntaggedOnTaggedPort => "untagged_on_tagged_port",
+            ViolationKind::TaggedOnUntaggedPort => "tagged_on_untagged_port",
+            ViolationKind::UnexpectedTpid => "unexpected_tpid",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             ViolationKind::UnknownVlan => 1,
@@ -370,15 +380,20 @@ fn classify(table: &PortTable, counters: &PortCounters, raw: &ring::RawFrame<'_>
                 let vlan = tags.outer.map_or("untagged".to_string(), |t| {
                     format!("VLAN {} (TPID {:#06x})", t.vid, t.tpid)
                 });
+                // Structured fields for the journal: INTERFACE, VLAN (0: untagged), DIRECTION,
+                // VIOLATION. Logged once per (kind, VLAN, direction) cell; counts are in `inspect`.
+                let interface = counters.interface.as_str();
+                let vlan_id = tags.outer.map_or(0, |t| t.vid);
+                let violation = kind.as_str();
                 if raw.direction == Direction::Tx {
                     log::error!(
-                        "inspector: {} SENT a frame it must not: {kind:?}, {vlan}: vxcd's own egress carries a wrong tag",
-                        counters.interface
+                        interface, vlan = vlan_id, direction = "tx", violation;
+                        "inspector: {interface} SENT a frame it must not: {violation}, {vlan}: vxcd's own egress carries a wrong tag"
                     );
                 } else {
                     log::warn!(
-                        "inspector: {} received {kind:?}, {vlan}",
-                        counters.interface
+                        interface, vlan = vlan_id, direction = "rx", violation;
+                        "inspector: {interface} received {violation}, {vlan}"
                     );
                 }
             }

@@ -304,7 +304,8 @@ fn status_prints_field_lines() {
         Answer::Ok(json!({
             "version": "0.1.0", "uptime_s": 3725, "ports": 2, "keys": 5, "vxcs": 3,
             "kernel": {"vlan_8021q": false}, "last_reconcile": "2026-11-26T10:00:00Z",
-            "drift_repairs": 4, "vxc_states": {"pending": 1, "up": 2}
+            "drift_repairs": 4, "vxc_states": {"pending": 1, "up": 2},
+            "inspector": {"enabled": true, "capturing": 2, "violations": 7, "egress_violations": 1}
         })),
         &["status"],
     );
@@ -319,7 +320,8 @@ fn status_prints_field_lines() {
          vxcs:           3 (pending 1, up 2)\n\
          kernel 802.1Q:  no\n\
          last reconcile: 2026-11-26T10:00:00Z\n\
-         drift repairs:  4\n"
+         drift repairs:  4\n\
+         inspector:      on, 2 ports capturing, 7 violation frames (1 SENT by this host)\n"
     );
 }
 
@@ -520,5 +522,80 @@ fn an_answer_of_the_wrong_shape_exits_2() {
         run.stderr.contains("unexpected answer") && run.stderr.contains("ports"),
         "{}",
         run.stderr
+    );
+}
+
+#[test]
+fn verify_prints_each_direction_and_exits_1_when_one_fails() {
+    let direction = |dir: &str, pass: bool, observed: u16| {
+        json!({"direction": dir, "pass": pass, "expected_vlan": 100,
+               "observed_tag": {"tpid": 0x8100, "vid": observed, "pcp": 0}, "observed_inner": null,
+               "seen": true, "left_on": [], "entered": true, "elapsed_us": 700,
+               "detail": if pass { "left prov0 once with VLAN 100".to_owned() }
+                         else { format!("left prov0 with VLAN {observed} instead of VLAN 100") }})
+    };
+    let (run, request) = against(
+        Answer::Ok(json!({"pass": false, "results": [
+            {"vxc": "v-1", "pass": false, "directions": [direction("a->b", false, 301), direction("b->a", true, 100)]}
+        ]})),
+        &["verify", "v-1"],
+    );
+    assert_eq!(request.unwrap(), json!({"op": "verify", "id": "v-1"}));
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("verification failed"), "{}", run.stderr);
+    let fail = run.stdout.lines().find(|l| l.contains("a->b")).unwrap();
+    assert!(
+        fail.contains("FAIL") && fail.contains("VLAN 301") && fail.contains("instead of VLAN 100"),
+        "{}",
+        run.stdout
+    );
+    let pass = run.stdout.lines().find(|l| l.contains("b->a")).unwrap();
+    assert!(
+        pass.contains("pass") && pass.contains("0.7 ms"),
+        "{}",
+        run.stdout
+    );
+
+    let (run, _) = against(
+        Answer::Ok(json!({"pass": true, "results": []})),
+        &["verify"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("all passed"), "{}", run.stdout);
+}
+
+#[test]
+fn inspect_prints_counters_and_violations() {
+    let (run, request) = against(
+        Answer::Ok(json!({"enabled": true, "ports": [{
+            "port": "syd-1", "interface": "eth1", "capturing": true, "error": null,
+            "ends": [{"vxc": "v-1", "side": "a", "vlan": 200, "rx_frames": 5, "rx_bytes": 500, "tx_frames": 4, "tx_bytes": 400}],
+            "violations": [{"kind": "unknown_vlan", "vlan": 77, "tpid": 33024, "inner_vlan": null,
+                            "direction": "rx", "count": 3, "last_seen": "2026-11-26T10:00:00Z"}],
+            "probes_rx": 0, "probes_tx": 0, "unparsed": 0, "kernel_drops": 0}]})),
+        &["inspect"],
+    );
+    assert_eq!(request.unwrap(), json!({"id": 1, "op": "inspect"}));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let end = run.stdout.lines().find(|l| l.contains("v-1")).unwrap();
+    assert_eq!(
+        end.split_whitespace().collect::<Vec<_>>(),
+        ["syd-1", "v-1", "a", "200", "5", "500", "4", "400"]
+    );
+    let violation = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("unknown_vlan"))
+        .unwrap();
+    assert_eq!(
+        violation.split_whitespace().collect::<Vec<_>>(),
+        [
+            "syd-1",
+            "unknown_vlan",
+            "77",
+            "rx",
+            "3",
+            "2026-11-26T10:00:00Z"
+        ]
     );
 }

@@ -444,4 +444,5 @@ impl Observed {
     }
 }
 
+pub(crate) use ops::match_all_redirect_attrs;
 pub use ops::Dataplane;

@@ -248,6 +248,15 @@ fn tbf_attrs(params: &TbfParams) -> Vec<TcAttribute> {
 }
 
 fn pipe_filter_attrs(target: u32) -> Vec<TcAttribute> {
+    match_all_redirect_attrs(target, TcMirrorActionType::EgressRedir)
+}
+
+/// A `u32` filter matching every frame, with a `mirred` redirect of it to `target`: to its
+/// egress (the pipe between two VXC ends) or its ingress (the inspector's probe tap).
+pub(crate) fn match_all_redirect_attrs(
+    target: u32,
+    redirect: TcMirrorActionType,
+) -> Vec<TcAttribute> {
     let mut selector = TcU32Selector::default();
     selector.flags = TcU32SelectorFlags::Terminal;
     selector.nkeys = 1;
@@ -255,7 +264,7 @@ fn pipe_filter_attrs(target: u32) -> Vec<TcAttribute> {
     let mut mirred = TcMirror::default();
     mirred.generic = TcActionGeneric::default();
     mirred.generic.action = TcActionType::Stolen;
-    mirred.eaction = TcMirrorActionType::EgressRedir;
+    mirred.eaction = redirect;
     mirred.ifindex = target;
     let mut action = TcAction::default();
     action.attributes = vec![

@@ -34,11 +34,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::tc::{
-    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
-    TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
-    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
-};
+use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcMirrorActionType};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -194,7 +190,10 @@ impl Injector {
         let mut filter = TcMessage::with_index(index as i32);
         filter.header.parent = TcHandle::from(INGRESS_HANDLE);
         filter.header.info = (1u32 << 16) | u32::from(ETH_P_ALL.to_be());
-        filter.attributes = redirect_attrs(target_index);
+        filter.attributes = crate::dataplane::match_all_redirect_attrs(
+            target_index,
+            TcMirrorActionType::IngressRedir,
+        );
         request(&sock, RouteNetlinkMessage::NewTrafficFilter(filter), true).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -245,32 +244,6 @@ impl Drop for Injector {
             );
         }
     }
-}
-
-fn redirect_attrs(target: u32) -> Vec<TcAttribute> {
-    let mut selector = TcU32Selector::default();
-    selector.flags = TcU32SelectorFlags::Terminal;
-    selector.nkeys = 1;
-    selector.keys = vec![TcU32Key::default()];
-    let mut mirred = TcMirror::default();
-    mirred.generic = TcActionGeneric::default();
-    mirred.generic.action = TcActionType::Stolen;
-    mirred.eaction = TcMirrorActionType::IngressRedir;
-    mirred.ifindex = target;
-    let mut action = TcAction::default();
-    action.attributes = vec![
-        TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
-        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
-            mirred,
-        ))]),
-    ];
-    vec![
-        TcAttribute::Kind("u32".into()),
-        TcAttribute::Options(vec![
-            TcOption::U32(TcFilterU32Option::Selector(selector)),
-            TcOption::U32(TcFilterU32Option::Action(vec![action])),
-        ]),
-    ]
 }
 
 /// Sends one request and waits for its ack; a kernel error becomes an io::Error with its errno.

@@ -34,6 +34,19 @@ command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Ru
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
+# Unit and host tiers first, then the lab tier (tests/lab_*.rs: one qemu boot per file), each timed.
+lab_tests=()
+host_tests=()
+for file in tests/*.rs; do
+  name=$(basename "$file" .rs)
+  case "$name" in
+    lab_*) lab_tests+=(--test "$name") ;;
+    *) host_tests+=(--test "$name") ;;
+  esac
+done
 start=$(date +%s)
-cargo test --all-targets -- --test-threads=2 "$@"
-echo "tests/run.sh: all tiers passed in $(( $(date +%s) - start )) s"
+cargo test --lib --bins --examples --benches "${host_tests[@]}" -- --test-threads=2 "$@"
+lab_start=$(date +%s)
+cargo test "${lab_tests[@]}" -- --test-threads=2 "$@"
+end=$(date +%s)
+echo "tests/run.sh: unit and host tiers $(( lab_start - start )) s, lab tier $(( end - lab_start )) s: all passed"

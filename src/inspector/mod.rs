@@ -668,13 +668,13 @@ fn stop_worker(mut worker: PortWorker) {
 }
 
 fn build_table(port: &PortExpect, old: &[EndSlot]) -> (PortTable, Vec<EndSlot>) {
+    // Looked up by key, not searched: the engine rebuilds every table on each VXC change, and
+    // a linear search per end would make that quadratic in the ends of a port.
+    let old: HashMap<(&EndRef, Option<u16>), &Arc<EndCounters>> =
+        old.iter().map(|(e, v, c)| ((e, *v), c)).collect();
     let reuse = |end: &EndRef, vlan: Option<u16>| {
-        old.iter()
-            .find(|(e, v, _)| e == end && *v == vlan)
-            .map_or_else(
-                || Arc::new(EndCounters::default()),
-                |(_, _, c)| Arc::clone(c),
-            )
+        old.get(&(end, vlan))
+            .map_or_else(|| Arc::new(EndCounters::default()), |c| Arc::clone(c))
     };
     let mut ends = Vec::new();
     let mut table = PortTable {

@@ -268,6 +268,11 @@ impl Vxcd {
         status
     }
 
+    /// The running daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("vxcd is not running").pid()
+    }
+
     /// Everything every run of this daemon printed (it logs to stderr: no journald in the lab).
     pub fn log(&self) -> String {
         let current = self.process.as_ref().map(|p| p.log()).unwrap_or_default();

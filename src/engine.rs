@@ -89,14 +89,7 @@ pub struct Engine {
     repair: bool,
     /// The packet inspector, when enabled.
     inspector: Option<Inspector>,
-    /// The inspector's expectation lags the model (rebuilt at most once a second during bursts,
-    /// and at every reconcile, so a burst of puts does not rebuild it per put).
-    inspect_dirty: bool,
-    inspect_updated: Instant,
 }
-
-/// Longest the inspector's expectation may lag a change while requests keep coming.
-const INSPECT_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Probes each VXC (blocking: a few milliseconds to two seconds per direction) and gathers the
 /// results: `{"pass": all passed, "results": [VerifyResult or {"vxc", "pass": false, "error"}]}`.
@@ -220,8 +213,6 @@ impl Engine {
             drift_repairs: 0,
             repair,
             inspector: None,
-            inspect_dirty: false,
-            inspect_updated: Instant::now(),
         }
     }
 
@@ -249,12 +240,12 @@ impl Engine {
         Expectation::from_vxcs(&self.port_pairs(), &desired)
     }
 
-    /// Notes that the VXCs changed; refreshes the inspector unless it did so very recently.
+    /// Notes that the VXCs changed: the inspector learns it before the answer goes out. A VXC
+    /// in the kernel but not in the inspector's tables has its frames counted as violations,
+    /// its egress logged as vxcd sending wrong tags. Costs O(VXCs) per change: about 2 ms with
+    /// 4000 VXCs on one port (release build).
     fn inspect_changed(&mut self) {
-        self.inspect_dirty = true;
-        if self.inspect_updated.elapsed() >= INSPECT_REFRESH {
-            self.refresh_inspector();
-        }
+        self.refresh_inspector();
     }
 
     /// Hands the inspector the current expectation (it also retries ports that were missing).
@@ -262,8 +253,6 @@ impl Engine {
         if let Some(inspector) = &self.inspector {
             inspector.update(self.expectation());
         }
-        self.inspect_dirty = false;
-        self.inspect_updated = Instant::now();
     }
 
     /// What `verify` probes: one VXC, or every VXC.
@@ -377,18 +366,13 @@ impl Engine {
             }
             Op::VxcPut { vxc } => self.put_vxc(&vxc, now).await,
             Op::VxcDelete { id } => self.delete_vxc(&id).await,
-            Op::Inspect {} => {
-                if self.inspect_dirty {
-                    self.refresh_inspector();
+            Op::Inspect {} => match &self.inspector {
+                Some(inspector) => {
+                    let view = inspector.snapshot();
+                    Ok(json!({"enabled": true, "ports": view.ports}))
                 }
-                match &self.inspector {
-                    Some(inspector) => {
-                        let view = inspector.snapshot();
-                        Ok(json!({"enabled": true, "ports": view.ports}))
-                    }
-                    None => Ok(json!({"enabled": false, "ports": []})),
-                }
-            }
+                None => Ok(json!({"enabled": false, "ports": []})),
+            },
             // The server runs verify outside the engine lock (it waits for probes).
             Op::Verify { id } => {
                 let specs = self.verify_specs(id.as_deref())?;

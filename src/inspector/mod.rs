@@ -473,6 +473,13 @@ fn capture_loop(mut ring: ring::Ring, shared: Arc<PortShared>) {
             generation = now_generation;
         }
         if !ready {
+            if ring.interface_gone() {
+                log::warn!(
+                    "inspector: {} was deleted: its capture stops, and starts again when it is back",
+                    ring.ifname()
+                );
+                return;
+            }
             if let Ok(stats) = ring.stats() {
                 shared
                     .counters
@@ -575,6 +582,22 @@ impl Inspector {
                 worker.shared.generation.fetch_add(1, Ordering::Release);
                 worker.ends = ends;
                 worker.port = port.port.clone();
+                if worker.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+                    continue;
+                }
+                // Its capture ended (the interface was deleted): a new socket on the
+                // interface of that name, same counters.
+                if let Some(thread) = worker.thread.take() {
+                    let _ = thread.join();
+                }
+                match ring::Ring::open(&port.interface, self.ring_config()) {
+                    Ok(ring) => {
+                        log::info!("inspector: {} is back: capturing again", port.interface);
+                        (worker.thread, worker.error) =
+                            spawn_capture(&port.interface, ring, &worker.shared);
+                    }
+                    Err(e) => worker.error = Some(format!("capture ended; reopening it: {e}")),
+                }
                 continue;
             }
             let ring = match ring::Ring::open(&port.interface, self.ring_config()) {
@@ -594,14 +617,7 @@ impl Inspector {
                 table: Mutex::new(Arc::new(table)),
                 stop: AtomicBool::new(false),
             });
-            let thread_shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name(format!("inspect-{}", port.interface))
-                .spawn(move || capture_loop(ring, thread_shared));
-            let (thread, error) = match thread {
-                Ok(t) => (Some(t), None),
-                Err(e) => (None, Some(format!("starting the capture thread: {e}"))),
-            };
+            let (thread, error) = spawn_capture(&port.interface, ring, &shared);
             state.workers.insert(
                 port.interface.clone(),
                 PortWorker {
@@ -659,6 +675,22 @@ impl Drop for Inspector {
     }
 }
 
+/// Starts the capture thread of one port: (its handle, or why it could not start).
+fn spawn_capture(
+    interface: &str,
+    ring: ring::Ring,
+    shared: &Arc<PortShared>,
+) -> (Option<JoinHandle<()>>, Option<String>) {
+    let thread_shared = Arc::clone(shared);
+    let thread = std::thread::Builder::new()
+        .name(format!("inspect-{interface}"))
+        .spawn(move || capture_loop(ring, thread_shared));
+    match thread {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(format!("starting the capture thread: {e}"))),
+    }
+}
+
 fn stop_worker(mut worker: PortWorker) {
     worker.shared.stop.store(true, Ordering::Relaxed);
     if let Some(t) = worker.thread.take() {
@@ -668,13 +700,13 @@ fn stop_worker(mut worker: PortWorker) {
 }
 
 fn build_table(port: &PortExpect, old: &[EndSlot]) -> (PortTable, Vec<EndSlot>) {
+    // Looked up by key, not searched: the engine rebuilds every table on each VXC change, and
+    // a linear search per end would make that quadratic in the ends of a port.
+    let old: HashMap<(&EndRef, Option<u16>), &Arc<EndCounters>> =
+        old.iter().map(|(e, v, c)| ((e, *v), c)).collect();
     let reuse = |end: &EndRef, vlan: Option<u16>| {
-        old.iter()
-            .find(|(e, v, _)| e == end && *v == vlan)
-            .map_or_else(
-                || Arc::new(EndCounters::default()),
-                |(_, _, c)| Arc::clone(c),
-            )
+        old.get(&(end, vlan))
+            .map_or_else(|| Arc::new(EndCounters::default()), |c| Arc::clone(c))
     };
     let mut ends = Vec::new();
     let mut table = PortTable {

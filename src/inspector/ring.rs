@@ -90,6 +90,8 @@ pub struct Ring {
     block_count: usize,
     current_block: usize,
     ifname: String,
+    /// The interface index the socket was bound to.
+    index: u32,
 }
 
 // SAFETY: the mapping is owned by this value only; moving it to another thread is fine.
@@ -226,6 +228,7 @@ impl Ring {
             block_count: req.tp_block_nr as usize,
             current_block: 0,
             ifname: ifname.to_string(),
+            index,
         };
         bind(&ring.fd, ifname, index, ETH_P_ALL)?;
         Ok(ring)
@@ -272,7 +275,47 @@ impl Ring {
                 format!("polling the capture ring on {}: {e}", self.ifname),
             ));
         }
+        if rc > 0 && pfd.revents & libc::POLLERR != 0 {
+            // The kernel reports the interface going down as a socket error (ENETDOWN), and
+            // poll returns at once until the error is read: left unread, the caller would
+            // spin. Once read, capture resumes by itself when the interface comes back up.
+            self.take_error();
+        }
         Ok(self.block_status(i) & TP_STATUS_USER != 0)
+    }
+
+    /// Reads (and so clears) the socket's pending error.
+    fn take_error(&self) {
+        let mut error: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `error` and `len` are live and sized for SO_ERROR's int.
+        unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut error as *mut libc::c_int).cast(),
+                &mut len,
+            );
+        }
+    }
+
+    /// Whether the interface was deleted: the kernel then unbinds the socket for good (its
+    /// index reads -1), and an interface of that name coming back is a new one that needs a
+    /// new socket.
+    pub fn interface_gone(&self) -> bool {
+        // SAFETY: sockaddr_ll is plain data; zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `sll` and `len` are live and sized for the address the kernel writes.
+        let rc = unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                (&mut sll as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        rc == 0 && sll.sll_ifindex != self.index as i32
     }
 
     /// Waits up to `timeout_ms` for a filled block and calls `each` for every frame in it;

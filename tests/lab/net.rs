@@ -227,6 +227,58 @@ impl Netns {
         })
     }
 
+    /// Sends `count` copies of `frame` (a whole Ethernet frame, tags inline, no FCS) out of
+    /// `ifname` with an AF_PACKET socket from inside this namespace, so a scenario knows exactly
+    /// how many frames went on the wire. Returns once the kernel took every one.
+    pub fn send_frames(&self, ifname: &str, frame: &[u8], count: usize) {
+        let (ifname, frame, ns) = (ifname.to_string(), frame.to_vec(), self.name.clone());
+        self.spawn_in(move || {
+            let what = format!("sending frames out of {ifname} in {ns}");
+            let c_name = std::ffi::CString::new(ifname.as_str()).expect("interface name");
+            // SAFETY: if_nametoindex reads the NUL-terminated name, which outlives the call.
+            let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+            assert_ne!(index, 0, "{what}: {}", std::io::Error::last_os_error());
+            // Protocol 0: this socket receives nothing, it only sends.
+            // SAFETY: plain socket(2) call; the descriptor is owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            assert!(
+                fd >= 0,
+                "{what}: socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fd is a new descriptor that nothing else owns.
+            let socket =
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = index as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+            for n in 0..count {
+                // SAFETY: the buffer and the address are valid for the lengths given.
+                let sent = unsafe {
+                    libc::sendto(
+                        std::os::fd::AsRawFd::as_raw_fd(&socket),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "{what}: frame {n} of {count}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    }
+
     /// Starts `tcpdump -e -n -l -i IF [filter]` in this namespace and returns once it listens.
     pub fn capture(&self, ifname: &str, filter: &str) -> Capture {
         Capture::start(self, ifname, filter)
@@ -537,4 +589,20 @@ pub fn snapshot() -> String {
     }
     report.push_str("==== end of network state ====");
     report
+}
+
+/// An Ethernet frame from `src` to `dst`, 802.1Q-tagged (TPID 0x8100, PCP 0) with `vlan` when
+/// given, then `ether_type` and zeroes up to the minimum size (60 bytes untagged, 64 tagged:
+/// the tag travels as metadata past the receiving port, which then sees 60 bytes).
+pub fn ethernet_frame(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ether_type: u16) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(64);
+    frame.extend_from_slice(&dst);
+    frame.extend_from_slice(&src);
+    if let Some(vid) = vlan {
+        frame.extend_from_slice(&0x8100u16.to_be_bytes());
+        frame.extend_from_slice(&(vid & 0x0fff).to_be_bytes());
+    }
+    frame.extend_from_slice(&ether_type.to_be_bytes());
+    frame.resize(if vlan.is_some() { 64 } else { 60 }, 0);
+    frame
 }

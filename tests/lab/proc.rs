@@ -141,3 +141,198 @@ pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Bound on waiting for the daemon and its answers: a hang limit, not a timing assertion.
+pub const DAEMON_LIMIT: Duration = Duration::from_secs(60);
+
+/// The real vxcd running in a scenario's namespace with its own config, state directory and
+/// socket. Readiness is its sd_notify READY=1 (it converges the kernel before that), so nothing
+/// waits by guessing. Its log goes to the guest console when it is dropped.
+pub struct Vxcd {
+    netns: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    pub socket: PathBuf,
+    /// (port name, interface) as configured.
+    ports: Vec<(String, String)>,
+    process: Option<Spawned>,
+    /// Logs of the earlier runs of this daemon (restarts).
+    earlier_logs: String,
+}
+
+impl Vxcd {
+    /// Starts vxcd in `ns` with these (port name, interface) pairs and `extra` config sections
+    /// (e.g. "[reconcile]\nrepair = false").
+    pub fn start(ns: &Netns, ports: &[(&str, &str)], extra: &str) -> Vxcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut vxcd = Vxcd {
+            netns: ns.name.clone(),
+            socket: dir.path().join("control.sock"),
+            config: dir.path().join("vxcd.toml"),
+            dir,
+            ports: ports
+                .iter()
+                .map(|(p, i)| (p.to_string(), i.to_string()))
+                .collect(),
+            process: None,
+            earlier_logs: String::new(),
+        };
+        vxcd.configure(extra);
+        vxcd.launch();
+        vxcd
+    }
+
+    /// Rewrites the config with other `extra` sections; it counts from the next `launch`.
+    pub fn configure(&self, extra: &str) {
+        let mut text = format!(
+            "[control]\nsocket = \"{}\"\nmode = \"0600\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n",
+            self.socket.display(),
+            self.dir.path().join("state").display()
+        );
+        for (name, interface) in &self.ports {
+            text.push_str(&format!(
+                "\n[[port]]\nname = \"{name}\"\ninterface = \"{interface}\"\n"
+            ));
+        }
+        std::fs::write(&self.config, text).expect("writing vxcd.toml");
+    }
+
+    /// Starts the daemon (again, with the config as it is now and the same state) and waits
+    /// for READY=1.
+    pub fn launch(&mut self) {
+        use std::os::unix::net::UnixDatagram;
+        let notify_path = self.dir.path().join(format!("notify-{}", unique()));
+        let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
+        notify
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let vxcd = super::bin("vxcd");
+        let config = self.config.to_string_lossy().into_owned();
+        let notify_text = notify_path.to_string_lossy().into_owned();
+        let mut process = Spawned::start_with_env(
+            None,
+            Path::new(&super::net::tool("ip")),
+            &[
+                "netns",
+                "exec",
+                &self.netns,
+                &vxcd.to_string_lossy(),
+                "--config",
+                &config,
+            ],
+            &[("NOTIFY_SOCKET", &notify_text)],
+        );
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Ok(n) = notify.recv(&mut buf) {
+                if String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .any(|l| l == "READY=1")
+                {
+                    break;
+                }
+            }
+            if let Some(status) = process.try_wait() {
+                panic!(
+                    "vxcd exited with {status} before READY=1; its log:\n{}",
+                    process.log()
+                );
+            }
+            assert!(
+                started.elapsed() < DAEMON_LIMIT,
+                "vxcd sent no READY=1 within {} s; its log:\n{}",
+                DAEMON_LIMIT.as_secs(),
+                process.log()
+            );
+        }
+        eprintln!(
+            "vxcd ready in {:.2} s (pid {})",
+            started.elapsed().as_secs_f64(),
+            process.pid()
+        );
+        let _ = std::fs::remove_file(&notify_path);
+        self.process = Some(process);
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let process = self.process.as_mut().expect("vxcd is not running");
+        process.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = process.wait_exit(DAEMON_LIMIT);
+        if let Some(process) = self.process.take() {
+            self.earlier_logs.push_str(&process.log());
+            self.earlier_logs
+                .push_str(&format!("---- (daemon stopped: {status}) ----\n"));
+        }
+        status
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("vxcd is not running").pid()
+    }
+
+    /// Everything every run of this daemon printed (it logs to stderr: no journald in the lab).
+    pub fn log(&self) -> String {
+        let current = self.process.as_ref().map(|p| p.log()).unwrap_or_default();
+        format!("{}{current}", self.earlier_logs)
+    }
+
+    /// One request on a fresh connection; the whole answer.
+    pub fn call(&self, request: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
+        stream
+            .set_read_timeout(Some(DAEMON_LIMIT))
+            .expect("read timeout");
+        let mut line = request.to_string();
+        line.push('\n');
+        stream
+            .write_all(line.as_bytes())
+            .unwrap_or_else(|e| panic!("sending {request}: {e}"));
+        let mut answer = String::new();
+        match BufReader::new(stream).read_line(&mut answer) {
+            Ok(n) if n > 0 => serde_json::from_str(&answer)
+                .unwrap_or_else(|e| panic!("answer to {request}: {answer:?}: {e}")),
+            other => panic!(
+                "vxcd gave no answer to {request} ({other:?}); its log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// The result of a request that must succeed.
+    pub fn ok(&self, request: serde_json::Value) -> serde_json::Value {
+        let answer = self.call(request.clone());
+        assert_eq!(
+            answer["ok"],
+            serde_json::Value::Bool(true),
+            "{request} was refused: {answer}\nvxcd log:\n{}",
+            self.log()
+        );
+        answer["result"].clone()
+    }
+
+    /// Runs `vxcctl --socket S ARGS` (in the current namespace: the socket is a file);
+    /// returns its output whatever the exit status.
+    pub fn vxcctl(&self, args: &[&str]) -> std::process::Output {
+        let socket = self.socket.to_string_lossy().into_owned();
+        super::net::output(
+            Command::new(super::bin("vxcctl"))
+                .args(["--socket", &socket])
+                .args(args),
+        )
+    }
+}
+
+impl Drop for Vxcd {
+    fn drop(&mut self) {
+        // After the network state snapshot when the scenario failed, before the namespaces go.
+        eprintln!(
+            "---- vxcd log ----\n{}---- end of vxcd log ----",
+            self.log()
+        );
+    }
+}

@@ -333,6 +333,15 @@ impl Model {
             .unwrap_or_default()
     }
 
+    /// The VXCs with an end on a port (at most one per VLAN, so bounded by the VLAN space).
+    pub fn vxcs_on_port(&self, port: &PortName) -> impl Iterator<Item = &Vxc> {
+        self.ports
+            .get(port)
+            .into_iter()
+            .flat_map(|state| state.vxcs.iter())
+            .filter_map(|id| self.vxcs.get(id))
+    }
+
     pub fn ports(&self) -> impl Iterator<Item = PortUsage> + '_ {
         self.ports.iter().map(|(name, state)| PortUsage {
             name: name.clone(),

@@ -2275,3 +2275,22 @@ fn change_after_is_the_object_as_it_becomes() {
         &4
     );
 }
+
+#[test]
+fn vxcs_on_port_lists_the_vxcs_with_an_end_there_and_forgets_deleted_ones() {
+    let mut m = model();
+    put_key(&mut m, multi("m-1", "p2"));
+    put_vxc(&mut m, vxc("v-1", "m-1", "p1"));
+    put_vxc(&mut m, vxc("v-2", "m-1", "p1"));
+    let on = |m: &Model, port: &str| -> Vec<String> {
+        m.vxcs_on_port(&pn(port))
+            .map(|v| v.id.to_string())
+            .collect()
+    };
+    assert_eq!(on(&m, "p1"), ["v-1", "v-2"]);
+    assert_eq!(on(&m, "p2"), ["v-1", "v-2"]);
+    delete_vxc(&mut m, "v-1");
+    assert_eq!(on(&m, "p1"), ["v-2"]);
+    assert_eq!(on(&m, "p2"), ["v-2"]);
+    assert!(on(&m, "nowhere").is_empty());
+}

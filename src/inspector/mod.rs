@@ -554,7 +554,7 @@ impl Inspector {
         let wanted: Vec<&PortExpect> = expectation
             .ports
             .iter()
-            .filter(|p| self.cfg.ports.is_empty() || self.cfg.ports.contains(&p.port))
+            .filter(|p| self.inspects(p))
             .collect();
         let keep: std::collections::HashSet<&str> =
             wanted.iter().map(|p| p.interface.as_str()).collect();
@@ -571,64 +571,83 @@ impl Inspector {
         }
         state.failed.retain(|k, _| keep.contains(k.as_str()));
         for port in wanted {
-            let old_ends = state
-                .workers
-                .get(&port.interface)
-                .map(|w| w.ends.clone())
-                .unwrap_or_default();
-            let (table, ends) = build_table(port, &old_ends);
-            if let Some(worker) = state.workers.get_mut(&port.interface) {
-                *lock(&worker.shared.table) = Arc::new(table);
-                worker.shared.generation.fetch_add(1, Ordering::Release);
-                worker.ends = ends;
-                worker.port = port.port.clone();
-                if worker.thread.as_ref().is_some_and(|t| !t.is_finished()) {
-                    continue;
-                }
-                // Its capture ended (the interface was deleted): a new socket on the
-                // interface of that name, same counters.
-                if let Some(thread) = worker.thread.take() {
-                    let _ = thread.join();
-                }
-                match ring::Ring::open(&port.interface, self.ring_config()) {
-                    Ok(ring) => {
-                        log::info!("inspector: {} is back: capturing again", port.interface);
-                        (worker.thread, worker.error) =
-                            spawn_capture(&port.interface, ring, &worker.shared);
-                    }
-                    Err(e) => worker.error = Some(format!("capture ended; reopening it: {e}")),
-                }
-                continue;
-            }
-            let ring = match ring::Ring::open(&port.interface, self.ring_config()) {
-                Ok(ring) => ring,
-                Err(e) => {
-                    log::warn!("inspector: port {} ({}): {e}", port.port, port.interface);
-                    state
-                        .failed
-                        .insert(port.interface.clone(), (port.port.clone(), e.to_string()));
-                    continue;
-                }
-            };
-            state.failed.remove(&port.interface);
-            let shared = Arc::new(PortShared {
-                counters: PortCounters::new(&port.interface),
-                generation: AtomicU64::new(0),
-                table: Mutex::new(Arc::new(table)),
-                stop: AtomicBool::new(false),
-            });
-            let (thread, error) = spawn_capture(&port.interface, ring, &shared);
-            state.workers.insert(
-                port.interface.clone(),
-                PortWorker {
-                    port: port.port.clone(),
-                    shared,
-                    thread,
-                    ends,
-                    error,
-                },
-            );
+            self.install(&mut state, port);
         }
+    }
+
+    /// Publishes the expectation of some ports only, leaving the others as they are: what a
+    /// VXC change needs (its two ports), at a cost bounded by the ends of those ports rather
+    /// than by every VXC on the host.
+    pub fn update_ports(&self, ports: &[PortExpect]) {
+        let mut state = lock(&self.state);
+        for port in ports.iter().filter(|p| self.inspects(p)) {
+            self.install(&mut state, port);
+        }
+    }
+
+    fn inspects(&self, port: &PortExpect) -> bool {
+        self.cfg.ports.is_empty() || self.cfg.ports.contains(&port.port)
+    }
+
+    /// Swaps in a port's table (counters of ends that stay are kept), or starts its capture.
+    fn install(&self, state: &mut State, port: &PortExpect) {
+        let old_ends = state
+            .workers
+            .get(&port.interface)
+            .map(|w| w.ends.clone())
+            .unwrap_or_default();
+        let (table, ends) = build_table(port, &old_ends);
+        if let Some(worker) = state.workers.get_mut(&port.interface) {
+            *lock(&worker.shared.table) = Arc::new(table);
+            worker.shared.generation.fetch_add(1, Ordering::Release);
+            worker.ends = ends;
+            worker.port = port.port.clone();
+            if worker.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+                return;
+            }
+            // Its capture ended (the interface was deleted): a new socket on the
+            // interface of that name, same counters.
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+            match ring::Ring::open(&port.interface, self.ring_config()) {
+                Ok(ring) => {
+                    log::info!("inspector: {} is back: capturing again", port.interface);
+                    (worker.thread, worker.error) =
+                        spawn_capture(&port.interface, ring, &worker.shared);
+                }
+                Err(e) => worker.error = Some(format!("capture ended; reopening it: {e}")),
+            }
+            return;
+        }
+        let ring = match ring::Ring::open(&port.interface, self.ring_config()) {
+            Ok(ring) => ring,
+            Err(e) => {
+                log::warn!("inspector: port {} ({}): {e}", port.port, port.interface);
+                state
+                    .failed
+                    .insert(port.interface.clone(), (port.port.clone(), e.to_string()));
+                return;
+            }
+        };
+        state.failed.remove(&port.interface);
+        let shared = Arc::new(PortShared {
+            counters: PortCounters::new(&port.interface),
+            generation: AtomicU64::new(0),
+            table: Mutex::new(Arc::new(table)),
+            stop: AtomicBool::new(false),
+        });
+        let (thread, error) = spawn_capture(&port.interface, ring, &shared);
+        state.workers.insert(
+            port.interface.clone(),
+            PortWorker {
+                port: port.port.clone(),
+                shared,
+                thread,
+                ends,
+                error,
+            },
+        );
     }
 
     /// Current counters and violations of every port (sorted by port name).

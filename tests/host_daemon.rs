@@ -174,6 +174,22 @@ fn vxc_on_absent_port_is_pending_and_survives_sigterm_and_restart() {
     let v2 = ok(d.call(vxc("v-2", "m-1", "mel-1", None)))["vxc"].clone();
     assert_eq!(v2["a_end"]["vlan"], json!(2));
     assert_eq!(v2["b_end"]["vlan"], json!(2));
+    // Outside journald the log goes to stderr with the structured fields as key=value.
+    let log = d.log();
+    let created = log
+        .lines()
+        .find(|l| l.contains("VXC v-1 created"))
+        .unwrap_or_else(|| panic!("no creation line in the log:\n{log}"));
+    for field in [
+        "vxc=v-1",
+        "key=k-1",
+        "a_port=mel-1",
+        "a_vlan=200",
+        "b_port=mel-2",
+        "b_vlan=100",
+    ] {
+        assert!(created.contains(field), "{field} missing from {created:?}");
+    }
     assert_eq!(d.terminate(), Some(0), "SIGTERM exits 0; log:\n{}", d.log());
     assert!(!d.socket.exists(), "the socket is removed on exit");
     d.restart();

@@ -8,268 +8,22 @@
 mod lab;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lab::net::{Netns, Topology};
-use lab::proc::{wait_until, Spawned};
+use lab::net::{tcpdump_vlans, Netns, Topology};
+use lab::proc::{wait_until, Vxcd, OWNER_GROUP};
 use serde_json::{json, Value};
 
-/// vxcd's default IFLA_GROUP for the links it owns (config/vxcd.toml).
-const OWNER_GROUP: u32 = 30819;
 /// Bound on waiting for the daemon, a repair, a capture: a hang limit, not a timing assertion.
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// The ports `cust` = cust0 and `prov` = prov0.
+const PORTS: &[(&str, &str)] = &[("cust", "cust0"), ("prov", "prov0")];
+
+/// Makes each measurement's UDP port its own.
 static SERIAL: AtomicU32 = AtomicU32::new(0);
-
-/// vxcd running in the edge namespace with its own config, state directory and socket. Readiness
-/// is its sd_notify READY=1 (it converges the kernel before that), so nothing waits by guessing.
-struct Vxcd {
-    netns: String,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    socket: PathBuf,
-    process: Option<Spawned>,
-    /// Logs of the earlier runs of this daemon (restarts).
-    earlier_logs: String,
-}
-
-impl Vxcd {
-    /// Starts vxcd in `ns` with the ports `cust` = cust0 and `prov` = prov0 and `extra` config.
-    fn start(ns: &Netns, extra: &str) -> Vxcd {
-        Vxcd::start_with_ports(ns, extra, "cust0", "prov0")
-    }
-
-    /// Like `start`, with other interfaces for the ports `cust` and `prov`.
-    fn start_with_ports(ns: &Netns, extra: &str, cust_if: &str, prov_if: &str) -> Vxcd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("control.sock");
-        let config = dir.path().join("vxcd.toml");
-        let text = format!(
-            "[control]\nsocket = \"{}\"\nmode = \"0600\"\n\n[state]\ndir = \"{}\"\n\n{extra}\n\n\
-             [[port]]\nname = \"cust\"\ninterface = \"{cust_if}\"\n\n\
-             [[port]]\nname = \"prov\"\ninterface = \"{prov_if}\"\n",
-            socket.display(),
-            dir.path().join("state").display()
-        );
-        std::fs::write(&config, text).expect("writing vxcd.toml");
-        let mut vxcd = Vxcd {
-            netns: ns.name.clone(),
-            dir,
-            config,
-            socket,
-            process: None,
-            earlier_logs: String::new(),
-        };
-        vxcd.launch();
-        vxcd
-    }
-
-    /// Starts the daemon (again, with the same config and state) and waits for READY=1.
-    fn launch(&mut self) {
-        let notify_path = self
-            .dir
-            .path()
-            .join(format!("notify-{}", SERIAL.fetch_add(1, Ordering::Relaxed)));
-        let notify = UnixDatagram::bind(&notify_path).expect("binding the notify socket");
-        notify
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("timeout");
-        let vxcd = lab::bin("vxcd");
-        let config = self.config.to_string_lossy().into_owned();
-        let notify_text = notify_path.to_string_lossy().into_owned();
-        let mut process = Spawned::start_with_env(
-            None,
-            std::path::Path::new(&lab::net::tool("ip")),
-            &[
-                "netns",
-                "exec",
-                &self.netns,
-                &vxcd.to_string_lossy(),
-                "--config",
-                &config,
-            ],
-            &[("NOTIFY_SOCKET", &notify_text)],
-        );
-        let started = Instant::now();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Ok(n) = notify.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
-                    .lines()
-                    .any(|l| l == "READY=1")
-                {
-                    break;
-                }
-            }
-            if let Some(status) = process.try_wait() {
-                panic!(
-                    "vxcd exited with {status} before READY=1; its log:\n{}",
-                    process.log()
-                );
-            }
-            assert!(
-                started.elapsed() < LIMIT,
-                "vxcd sent no READY=1 within {} s; its log:\n{}",
-                LIMIT.as_secs(),
-                process.log()
-            );
-        }
-        eprintln!(
-            "vxcd ready in {:.2} s (pid {})",
-            started.elapsed().as_secs_f64(),
-            process.pid()
-        );
-        let _ = std::fs::remove_file(&notify_path);
-        self.process = Some(process);
-    }
-
-    fn running(&mut self) -> &mut Spawned {
-        self.process.as_mut().expect("vxcd is not running")
-    }
-
-    /// SIGTERM; returns the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let process = self.running();
-        process.signal(nix::sys::signal::Signal::SIGTERM);
-        let status = process.wait_exit(LIMIT);
-        self.retire();
-        status
-    }
-
-    /// SIGKILL: no chance to finish anything.
-    fn kill9(&mut self) {
-        self.running().kill9();
-        self.retire();
-    }
-
-    fn retire(&mut self) {
-        if let Some(process) = self.process.take() {
-            self.earlier_logs.push_str(&process.log());
-            self.earlier_logs.push_str("---- (daemon stopped) ----\n");
-        }
-    }
-
-    /// Everything every run of this daemon printed (it logs to stderr: no journald in the lab).
-    fn log(&self) -> String {
-        let current = self.process.as_ref().map(|p| p.log()).unwrap_or_default();
-        format!("{}{current}", self.earlier_logs)
-    }
-
-    /// Connects a protocol client.
-    fn client(&self) -> Client {
-        Client::connect(&self.socket)
-    }
-
-    /// One request on a fresh connection; the whole answer.
-    fn call(&self, request: Value) -> Value {
-        self.client().call(&request).unwrap_or_else(|| {
-            panic!(
-                "vxcd closed the connection on {request}; its log:\n{}",
-                self.log()
-            )
-        })
-    }
-
-    /// The result of a request that must succeed.
-    fn ok(&self, request: Value) -> Value {
-        let answer = self.call(request.clone());
-        assert_eq!(
-            answer["ok"],
-            json!(true),
-            "{request} was refused: {answer}\nvxcd log:\n{}",
-            self.log()
-        );
-        answer["result"].clone()
-    }
-
-    /// The error of a request that must fail with `code`.
-    fn refused(&self, request: Value, code: &str) -> Value {
-        let answer = self.call(request.clone());
-        assert!(
-            answer["ok"] == json!(false) && answer["error"]["code"] == json!(code),
-            "{request}: expected error {code}, got {answer}\nvxcd log:\n{}",
-            self.log()
-        );
-        answer["error"].clone()
-    }
-
-    fn status(&self) -> Value {
-        self.ok(json!({"op": "status"}))
-    }
-
-    fn vxcs(&self) -> Vec<Value> {
-        self.ok(json!({"op": "vxc.list"}))["vxcs"]
-            .as_array()
-            .expect("vxcs is a list")
-            .clone()
-    }
-
-    /// Runs `vxcctl --socket S ARGS`; asserts it exits 0 and returns stdout.
-    fn vxcctl(&self, args: &[&str]) -> String {
-        let socket = self.socket.to_string_lossy().into_owned();
-        let out = lab::net::output(
-            Command::new(lab::bin("vxcctl"))
-                .args(["--socket", &socket])
-                .args(args),
-        );
-        assert!(
-            out.status.success(),
-            "vxcctl {} exited with {}: {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-/// The daemon's log goes to the guest console when the scenario ends (after the network state
-/// snapshot when it failed, before the namespaces go): the host shows it for a failed scenario
-/// and keeps it in target/lab/console-*.log either way.
-impl Drop for Vxcd {
-    fn drop(&mut self) {
-        eprintln!(
-            "---- vxcd log ----\n{}---- end of vxcd log ----",
-            self.log()
-        );
-    }
-}
-
-/// A line-protocol client on one connection.
-struct Client {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Client {
-    fn connect(path: &std::path::Path) -> Client {
-        let stream = UnixStream::connect(path)
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
-        stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        Client { stream, reader }
-    }
-
-    /// Sends one request and reads its answer; None when the connection breaks (daemon killed).
-    fn call(&mut self, request: &Value) -> Option<Value> {
-        let mut line = request.to_string();
-        line.push('\n');
-        self.stream.write_all(line.as_bytes()).ok()?;
-        let mut answer = String::new();
-        match self.reader.read_line(&mut answer) {
-            Ok(n) if n > 0 => Some(
-                serde_json::from_str(&answer).unwrap_or_else(|e| panic!("answer {answer:?}: {e}")),
-            ),
-            _ => None,
-        }
-    }
-}
 
 fn single_use_key(key: &str, port: &str, vlan: u16) -> Value {
     json!({"op": "key.put", "key": {"key": key, "port": port, "single_use": true,
@@ -346,17 +100,7 @@ fn icmp(lines: &[String]) -> Vec<&String> {
 
 /// The VLAN ids tcpdump -e printed on these lines (`vlan 200,`).
 fn vlans_seen(lines: &[String]) -> BTreeSet<u16> {
-    lines
-        .iter()
-        .flat_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            words
-                .windows(2)
-                .filter(|w| w[0] == "vlan")
-                .filter_map(|w| w[1].trim_end_matches(',').parse().ok())
-                .collect::<Vec<u16>>()
-        })
-        .collect()
+    lines.iter().flat_map(|l| tcpdump_vlans(l)).collect()
 }
 
 /// Asserts the VXC answer is up with these end interfaces.
@@ -560,7 +304,7 @@ lab::lab_tests! {
         // subinterfaces must still get no link-local address and send nothing of their own (no
         // ND, no MLD) into a VXC.
         topo.edge.sh("echo 0 > /proc/sys/net/ipv6/conf/default/disable_ipv6");
-        let vxcd = Vxcd::start(&topo.edge, "");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "");
         let status = vxcd.status();
         assert_eq!(status["kernel"]["vlan_8021q"], json!(true), "{status}");
         // From before the VXCs exist to the end of the first ping.
@@ -650,29 +394,29 @@ lab::lab_tests! {
         assert!(leaked.is_empty(), "VXC 2's traffic reached VXC 1's subinterfaces: {leaked:?}");
 
         // vxcctl against the running daemon: tables and --json.
-        let table = vxcctl_status_fields(&vxcd.vxcctl(&["status"]));
+        let table = vxcctl_status_fields(&vxcd.vxcctl_ok(&["status"]));
         assert_eq!(table.get("kernel 802.1Q").map(String::as_str), Some("yes"), "{table:?}");
         assert_eq!(table.get("vxcs").map(String::as_str), Some("2 (up 2)"), "{table:?}");
-        let json_status: Value = serde_json::from_str(&vxcd.vxcctl(&["--json", "status"])).expect("status --json");
+        let json_status: Value = serde_json::from_str(&vxcd.vxcctl_ok(&["--json", "status"])).expect("status --json");
         assert_eq!(json_status["kernel"]["vlan_8021q"], json!(true), "{json_status}");
         assert_eq!(json_status["vxcs"], json!(2), "{json_status}");
 
-        let ports = vxcd.vxcctl(&["ports"]);
+        let ports = vxcd.vxcctl_ok(&["ports"]);
         let rows: Vec<Vec<&str>> = ports.lines().map(|l| l.split_whitespace().collect()).collect();
         assert_eq!(rows[0], ["NAME", "INTERFACE", "PRESENT", "VLANS", "UNTAGGED", "ACCEPTING"], "{ports}");
         assert!(rows.iter().any(|r| r.len() >= 3 && r[..3] == ["cust", "cust0", "yes"]), "{ports}");
         assert!(rows.iter().any(|r| r.len() >= 3 && r[..3] == ["prov", "prov0", "yes"]), "{ports}");
-        let json_ports: Value = serde_json::from_str(&vxcd.vxcctl(&["--json", "ports"])).expect("ports --json");
+        let json_ports: Value = serde_json::from_str(&vxcd.vxcctl_ok(&["--json", "ports"])).expect("ports --json");
         assert_eq!(json_ports, vxcd.ok(json!({"op": "port.list"})));
         assert_eq!(json_ports["ports"][0]["vlans"], json!([200, 201]), "{json_ports}");
         assert_eq!(json_ports["ports"][1]["vlans"], json!([100, 101]), "{json_ports}");
 
-        let vxcs = vxcd.vxcctl(&["vxcs"]);
+        let vxcs = vxcd.vxcctl_ok(&["vxcs"]);
         let row = vxcs.lines().find(|l| l.starts_with("vxc-1 ")).unwrap_or_else(|| panic!("no vxc-1 row:\n{vxcs}"));
         for part in ["up", "100 Mbps", "cust/200 (cust0.200)", "prov/100 (prov0.100)", "key-100"] {
             assert!(row.contains(part), "vxc-1 row lacks {part:?}:\n{vxcs}");
         }
-        let json_vxcs: Value = serde_json::from_str(&vxcd.vxcctl(&["--json", "vxcs"])).expect("vxcs --json");
+        let json_vxcs: Value = serde_json::from_str(&vxcd.vxcctl_ok(&["--json", "vxcs"])).expect("vxcs --json");
         assert_eq!(json_vxcs, vxcd.ok(json!({"op": "vxc.list"})));
 
         // Deleting VXC 2 takes its subinterfaces (and with them their qdiscs and filters) away
@@ -697,7 +441,7 @@ lab::lab_tests! {
         let long = "provider-port-1";
         topo.edge.ip("link set prov0 down");
         topo.edge.ip(&format!("link set prov0 name {long} up"));
-        let vxcd = Vxcd::start_with_ports(&topo.edge, "", "cust0", long);
+        let vxcd = Vxcd::start(&topo.edge, &[("cust", "cust0"), ("prov", long)], "");
         vxcd.ok(single_use_key("key-u", "prov", 100));
         let vxc = vxcd.ok(vxc_put("vxc-u", "key-u", AEnd::Untagged, 100))["vxc"].clone();
         let b_end = format!("vx{:08x}.100", fnv1a32(long.as_bytes()));
@@ -742,7 +486,7 @@ lab::lab_tests! {
         let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.3.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.3.0.2/24");
-        let vxcd = Vxcd::start(&topo.edge, "");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "");
         vxcd.ok(single_use_key("key-r", "prov", 100));
         let vxc = vxcd.ok(vxc_put("vxc-r", "key-r", AEnd::Vlan(200), 10))["vxc"].clone();
         assert_up(&vxc, "cust0.200", "prov0.100");
@@ -774,7 +518,7 @@ lab::lab_tests! {
         let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.4.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.4.0.2/24");
-        let mut vxcd = Vxcd::start(&topo.edge, "");
+        let mut vxcd = Vxcd::start(&topo.edge, PORTS, "");
         vxcd.ok(single_use_key("key-s", "prov", 100));
         vxcd.ok(vxc_put("vxc-s", "key-s", AEnd::Vlan(200), 50));
         topo.customer.assert_ping("10.4.0.2", 1);
@@ -848,7 +592,7 @@ lab::lab_tests! {
         let topo = Topology::new();
         topo.customer.add_vlan("eth0", 200, "10.5.0.1/24");
         topo.provider.add_vlan("eth0", 100, "10.5.0.2/24");
-        let vxcd = Vxcd::start(&topo.edge, "[reconcile]\ninterval_s = 2\nrepair = true");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "[reconcile]\ninterval_s = 2\nrepair = true");
         vxcd.ok(single_use_key("key-d", "prov", 100));
         vxcd.ok(vxc_put("vxc-d", "key-d", AEnd::Vlan(200), 100));
         let repairs = |vxcd: &Vxcd| vxcd.status()["drift_repairs"].as_u64().expect("drift_repairs");
@@ -938,7 +682,7 @@ lab::lab_tests! {
     fn kernel_refusal_mid_apply_leaves_nothing_behind() {
         let topo = Topology::new();
         let stash = Netns::new("stash");
-        let vxcd = Vxcd::start(&topo.edge, "");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "");
         topo.edge.ip("link add link prov0 name hidden100 type vlan id 100");
         topo.edge.ip(&format!("link set hidden100 netns {}", stash.name));
 

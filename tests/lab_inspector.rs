@@ -14,14 +14,12 @@ mod lab;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use lab::net::{ethernet_frame, veth, Netns, Topology};
-use lab::proc::{wait_until, Vxcd};
+use lab::net::{ethernet_frame, tcpdump_vlans, veth, Netns, Topology};
+use lab::proc::{wait_until, Vxcd, OWNER_GROUP};
 use serde_json::{json, Value};
 
 /// Bound on waiting for a capture, a counter, a repair: a hang limit, not a timing assertion.
 const LIMIT: Duration = Duration::from_secs(30);
-/// vxcd's default IFLA_GROUP for the links it owns, and the prio of its filters (0x7863).
-const OWNER_GROUP: u32 = 0x7863;
 const PORTS: &[(&str, &str)] = &[("cust", "cust0"), ("cust2", "cust1"), ("prov", "prov0")];
 /// IEEE 802 local experimental EtherType 2: no host stack takes these frames; vxcd's probes use 1
 /// (0x88b5).
@@ -104,17 +102,6 @@ fn probe_lines(lines: &[String]) -> Vec<String> {
         .iter()
         .filter(|l| l.contains("(0x88b5)"))
         .cloned()
-        .collect()
-}
-
-/// The encapsulation tcpdump -e printed on one line: the VLAN ids of its 802.1Q tags, outer
-/// first ("ethertype 802.1Q (0x8100), length 64: vlan 100, p 0, ethertype ..."); empty: untagged.
-fn tcpdump_vlans(line: &str) -> Vec<u16> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words
-        .windows(2)
-        .filter(|w| w[0] == "vlan")
-        .filter_map(|w| w[1].trim_end_matches(',').parse().ok())
         .collect()
 }
 
@@ -415,7 +402,7 @@ lab::lab_tests! {
             row(&["cust", "untagged_on_tagged_port", "untagged", "rx", "5"]),
             row(&["cust2", "tagged_on_untagged_port", "444", "rx", "4"]),
         ], "violations table:\n{text}");
-        let status = vxcd.ok(json!({"op": "status"}));
+        let status = vxcd.status();
         assert_eq!(status["inspector"], json!({"enabled": true, "capturing": 3, "violations": 16,
             "egress_violations": 0}), "{status}");
 
@@ -447,7 +434,7 @@ lab::lab_tests! {
 
         for owned in [true, false] {
             let what = if owned { "owned impostor" } else { "foreign impostor" };
-            let repairs_before = vxcd.ok(json!({"op": "status"}))["drift_repairs"].clone();
+            let repairs_before = vxcd.status()["drift_repairs"].clone();
             replace_a_end_with_vlan_201(&topo.edge, owned);
             wait_until(LIMIT, "vxcd reporting the drift", || vxc_state(&vxcd, "v-1")["state"] == json!("failed"));
             let vxc = vxc_state(&vxcd, "v-1");
@@ -472,7 +459,7 @@ lab::lab_tests! {
             assert_eq!(probes, vec![vec![201]], "{what}: the probe on the customer's wire:\n{}", lines.join("\n"));
             let link = topo.edge.link("cust0.200").expect("cust0.200");
             assert_eq!(link.vlan, Some(201), "{what}: observe-only must leave it");
-            assert_eq!(vxcd.ok(json!({"op": "status"}))["drift_repairs"], repairs_before, "{what}");
+            assert_eq!(vxcd.status()["drift_repairs"], repairs_before, "{what}");
 
             let status = vxcd.terminate();
             assert!(status.success(), "SIGTERM: {status}");
@@ -492,7 +479,7 @@ lab::lab_tests! {
                     && l.alias.as_deref() == Some("vxcd:v-1:a"))
                     && vxc_state(&vxcd, "v-1")["state"] == json!("up")
             });
-            let status = vxcd.ok(json!({"op": "status"}));
+            let status = vxcd.status();
             assert!(status["drift_repairs"].as_u64() > Some(0), "{what}: the repair is counted: {status}");
             let result = verify_json(&vxcd, Some("v-1"), 0);
             let d = directions(&result, "v-1");
@@ -587,7 +574,7 @@ fn cpu_ticks(vxcd: &Vxcd) -> u64 {
 fn assert_quiet(vxcd: &Vxcd, when: &str) {
     // SAFETY: sysconf only reads a constant.
     let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let last = || vxcd.ok(json!({"op": "status"}))["last_reconcile"].clone();
+    let last = || vxcd.status()["last_reconcile"].clone();
     let mut seen = vec![last()];
     let (start, cpu_start) = (std::time::Instant::now(), cpu_ticks(vxcd));
     // Polled every 250 ms: each status answer costs vxcd CPU too.

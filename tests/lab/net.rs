@@ -591,6 +591,17 @@ pub fn snapshot() -> String {
     report
 }
 
+/// The encapsulation tcpdump -e printed on one line: the VLAN ids of its 802.1Q tags, outer
+/// first ("ethertype 802.1Q (0x8100), length 64: vlan 100, p 0, ethertype ..."); empty: untagged.
+pub fn tcpdump_vlans(line: &str) -> Vec<u16> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "vlan")
+        .filter_map(|w| w[1].trim_end_matches(',').parse().ok())
+        .collect()
+}
+
 /// An Ethernet frame from `src` to `dst`, 802.1Q-tagged (TPID 0x8100, PCP 0) with `vlan` when
 /// given, then `ether_type` and zeroes up to the minimum size (60 bytes untagged, 64 tagged:
 /// the tag travels as metadata past the receiving port, which then sees 60 bytes).

@@ -145,6 +145,10 @@ pub fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) 
 /// Bound on waiting for the daemon and its answers: a hang limit, not a timing assertion.
 pub const DAEMON_LIMIT: Duration = Duration::from_secs(60);
 
+/// vxcd's default IFLA_GROUP for the links it owns (config/vxcd.toml), and the prio of its
+/// filters (0x7863).
+pub const OWNER_GROUP: u32 = 0x7863;
+
 /// The real vxcd running in a scenario's namespace with its own config, state directory and
 /// socket. Readiness is its sd_notify READY=1 (it converges the kernel before that), so nothing
 /// waits by guessing. Its log goes to the guest console when it is dropped.
@@ -255,17 +259,31 @@ impl Vxcd {
         self.process = Some(process);
     }
 
+    fn running(&mut self) -> &mut Spawned {
+        self.process.as_mut().expect("vxcd is not running")
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let process = self.process.as_mut().expect("vxcd is not running");
+        let process = self.running();
         process.signal(nix::sys::signal::Signal::SIGTERM);
         let status = process.wait_exit(DAEMON_LIMIT);
+        self.retire(&format!("daemon stopped: {status}"));
+        status
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill9(&mut self) {
+        self.running().kill9();
+        self.retire("daemon killed");
+    }
+
+    /// Keeps the log of the run that ended (`how`) for `log`.
+    fn retire(&mut self, how: &str) {
         if let Some(process) = self.process.take() {
             self.earlier_logs.push_str(&process.log());
-            self.earlier_logs
-                .push_str(&format!("---- (daemon stopped: {status}) ----\n"));
+            self.earlier_logs.push_str(&format!("---- ({how}) ----\n"));
         }
-        status
     }
 
     /// The running daemon's pid.
@@ -279,28 +297,16 @@ impl Vxcd {
         format!("{}{current}", self.earlier_logs)
     }
 
+    /// Connects a protocol client.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket)
+    }
+
     /// One request on a fresh connection; the whole answer.
     pub fn call(&self, request: serde_json::Value) -> serde_json::Value {
-        use std::io::{BufRead, BufReader, Write};
-        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket.display()));
-        stream
-            .set_read_timeout(Some(DAEMON_LIMIT))
-            .expect("read timeout");
-        let mut line = request.to_string();
-        line.push('\n');
-        stream
-            .write_all(line.as_bytes())
-            .unwrap_or_else(|e| panic!("sending {request}: {e}"));
-        let mut answer = String::new();
-        match BufReader::new(stream).read_line(&mut answer) {
-            Ok(n) if n > 0 => serde_json::from_str(&answer)
-                .unwrap_or_else(|e| panic!("answer to {request}: {answer:?}: {e}")),
-            other => panic!(
-                "vxcd gave no answer to {request} ({other:?}); its log:\n{}",
-                self.log()
-            ),
-        }
+        self.client()
+            .call(&request)
+            .unwrap_or_else(|| panic!("vxcd gave no answer to {request}; its log:\n{}", self.log()))
     }
 
     /// The result of a request that must succeed.
@@ -325,6 +331,43 @@ impl Vxcd {
                 .args(args),
         )
     }
+
+    /// The error of a request that must fail with `code`.
+    pub fn refused(&self, request: serde_json::Value, code: &str) -> serde_json::Value {
+        let answer = self.call(request.clone());
+        assert!(
+            answer["ok"] == serde_json::Value::Bool(false) && answer["error"]["code"] == code,
+            "{request}: expected error {code}, got {answer}\nvxcd log:\n{}",
+            self.log()
+        );
+        answer["error"].clone()
+    }
+
+    /// The answer to `status`.
+    pub fn status(&self) -> serde_json::Value {
+        self.ok(serde_json::json!({"op": "status"}))
+    }
+
+    /// The VXCs `vxc.list` returns.
+    pub fn vxcs(&self) -> Vec<serde_json::Value> {
+        self.ok(serde_json::json!({"op": "vxc.list"}))["vxcs"]
+            .as_array()
+            .expect("vxcs is a list")
+            .clone()
+    }
+
+    /// Like `vxcctl`; asserts it exits 0 and returns stdout.
+    pub fn vxcctl_ok(&self, args: &[&str]) -> String {
+        let out = self.vxcctl(args);
+        assert!(
+            out.status.success(),
+            "vxcctl {} exited with {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for Vxcd {
@@ -334,5 +377,39 @@ impl Drop for Vxcd {
             "---- vxcd log ----\n{}---- end of vxcd log ----",
             self.log()
         );
+    }
+}
+
+/// A line-protocol client on one connection.
+pub struct Client {
+    stream: std::os::unix::net::UnixStream,
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> Client {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", path.display()));
+        stream
+            .set_read_timeout(Some(DAEMON_LIMIT))
+            .expect("read timeout");
+        let reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+        Client { stream, reader }
+    }
+
+    /// Sends one request and reads its answer; None when the connection breaks (daemon killed).
+    pub fn call(&mut self, request: &serde_json::Value) -> Option<serde_json::Value> {
+        use std::io::{BufRead, Write};
+        let mut line = request.to_string();
+        line.push('\n');
+        self.stream.write_all(line.as_bytes()).ok()?;
+        let mut answer = String::new();
+        match self.reader.read_line(&mut answer) {
+            Ok(n) if n > 0 => Some(
+                serde_json::from_str(&answer)
+                    .unwrap_or_else(|e| panic!("answer to {request}: {answer:?}: {e}")),
+            ),
+            _ => None,
+        }
     }
 }

@@ -980,21 +980,16 @@ impl Dataplane {
                 0,
                 vec![TcAttribute::Kind("ingress".into())],
             );
-            let object = format!("ingress qdisc on {name}");
-            self.ack(
+            self.create_tc_object(
                 RouteNetlinkMessage::NewQueueDiscipline(msg),
-                NLM_F_CREATE | NLM_F_EXCL,
-            )
-            .await
-            .map_err(|e| kernel_err("creating", &object, e))?;
-            j.record(
-                object,
-                ObjectChange::Created,
-                Some(Undo::DeleteIngress {
+                format!("ingress qdisc on {name}"),
+                Undo::DeleteIngress {
                     index,
                     name: name.clone(),
-                }),
-            );
+                },
+                j,
+            )
+            .await?;
         }
         Ok((index, fresh))
     }
@@ -1214,22 +1209,32 @@ impl Dataplane {
         params: &TbfParams,
         j: &mut Journal,
     ) -> Result<(), DataplaneError> {
-        let object = format!("TBF {TBF_HANDLE_MAJOR:x}: on {name}");
         let msg = tc_msg(index, TBF_HANDLE, TC_H_ROOT, 0, tbf_attrs(params));
-        self.ack(
+        self.create_tc_object(
             RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-        .await
-        .map_err(|e| kernel_err("creating", &object, e))?;
-        j.record(
-            object,
-            ObjectChange::Created,
-            Some(Undo::DeleteTbf {
+            format!("TBF {TBF_HANDLE_MAJOR:x}: on {name}"),
+            Undo::DeleteTbf {
                 index,
                 name: name.into(),
-            }),
-        );
+            },
+            j,
+        )
+        .await
+    }
+
+    /// Creates a qdisc or filter that must not exist yet (NLM_F_EXCL) and journals it with the
+    /// `undo` that takes it away again.
+    async fn create_tc_object(
+        &self,
+        payload: RouteNetlinkMessage,
+        object: String,
+        undo: Undo,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        self.ack(payload, NLM_F_CREATE | NLM_F_EXCL)
+            .await
+            .map_err(|e| kernel_err("creating", &object, e))?;
+        j.record(object, ObjectChange::Created, Some(undo));
         Ok(())
     }
 
@@ -1284,21 +1289,16 @@ impl Dataplane {
                     filter_info(),
                     pipe_filter_attrs(target),
                 );
-                self.ack(
+                self.create_tc_object(
                     RouteNetlinkMessage::NewTrafficFilter(msg),
-                    NLM_F_CREATE | NLM_F_EXCL,
-                )
-                .await
-                .map_err(|e| kernel_err("creating", &object, e))?;
-                j.record(
                     object,
-                    ObjectChange::Created,
-                    Some(Undo::DeleteFilter {
+                    Undo::DeleteFilter {
                         index,
                         name: name.into(),
-                    }),
-                );
-                Ok(())
+                    },
+                    j,
+                )
+                .await
             }
         }
     }

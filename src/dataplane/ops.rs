@@ -247,6 +247,9 @@ fn tbf_attrs(params: &TbfParams) -> Vec<TcAttribute> {
     ]
 }
 
+/// How often a long convergence logs how far it got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn pipe_filter_attrs(target: u32) -> Vec<TcAttribute> {
     match_all_redirect_attrs(target, TcMirrorActionType::EgressRedir)
 }
@@ -1569,7 +1572,8 @@ impl Dataplane {
                 }
             }
         }
-        let applied: Vec<(String, Result<Journal, DataplaneError>)> = stream::iter(
+        let total = to_apply.len();
+        let mut pending = stream::iter(
             to_apply
                 .into_iter()
                 .map(|spec| {
@@ -1578,9 +1582,17 @@ impl Dataplane {
                 })
                 .collect::<Vec<_>>(),
         )
-        .buffer_unordered(width)
-        .collect()
-        .await;
+        .buffer_unordered(width);
+        // Long work shows progress: a start after a reboot rebuilds every VXC.
+        let mut applied: Vec<(String, Result<Journal, DataplaneError>)> = Vec::with_capacity(total);
+        let mut last_report = std::time::Instant::now();
+        while let Some(done) = pending.next().await {
+            applied.push(done);
+            if last_report.elapsed() >= PROGRESS_EVERY && applied.len() < total {
+                log::info!("converge: {}/{total} VXCs applied", applied.len());
+                last_report = std::time::Instant::now();
+            }
+        }
         let mut repaired = Vec::new();
         for (id, r) in applied {
             match r {

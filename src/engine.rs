@@ -696,19 +696,15 @@ impl Engine {
     }
 
     async fn port_views(&self) -> Vec<PortView> {
-        let observed = match self.dataplane.observe().await {
-            Ok(observed) => Some(observed),
-            Err(e) => {
-                log::warn!("port.list: reading the kernel's links failed: {e}");
-                None
-            }
-        };
         let mut views = Vec::new();
         for usage in self.model.ports() {
             let interface = self.ports.get(&usage.name).cloned();
-            let present = match (&interface, &observed) {
-                (Some(name), Some(observed)) => observed.link_by_name(name).is_some(),
-                _ => false,
+            let present = match &interface {
+                Some(name) => self.dataplane.link_present(name).await.unwrap_or_else(|e| {
+                    log::warn!("port.list: looking up interface {name}: {e}");
+                    false
+                }),
+                None => false,
             };
             views.push(PortView {
                 name: usage.name.to_string(),

@@ -614,6 +614,11 @@ impl Dataplane {
         ))
     }
 
+    /// Whether a link of that name exists: one request, whatever else the host holds.
+    pub async fn link_present(&self, name: &str) -> Result<bool, DataplaneError> {
+        Ok(self.read_link_named(name).await?.is_some())
+    }
+
     /// One link by name; `None` when no link has that name (`ENODEV`, or a link that only
     /// has it as an alternative name: a full dump would not show it under that name).
     async fn read_link_named(&self, name: &str) -> Result<Option<ObservedLink>, DataplaneError> {

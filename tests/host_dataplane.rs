@@ -9,9 +9,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{require_root, veth, Netns};
+use common::{require_root, untagged_vxc as untagged, veth, Netns};
 use vxcd::dataplane::{
-    end_interface_name, BurstPolicy, Dataplane, DataplaneConfig, Discrepancy, EndSpec, EventChange,
+    end_interface_name, BurstPolicy, Dataplane, DataplaneConfig, Discrepancy, EventChange,
     KernelObject, ObjectChange, Orphan, VxcOutcome, VxcSpec, VxcStatus,
 };
 
@@ -42,23 +42,6 @@ fn topo() -> Topo {
     t.prov
         .ip(&["addr", "add", &format!("{PROV_IP}/24"), "dev", "p0"]);
     t
-}
-
-fn untagged(id: &str, rate_mbps: u32, a: &str, b: &str) -> VxcSpec {
-    VxcSpec {
-        id: id.into(),
-        rate_mbps,
-        a: EndSpec {
-            port: format!("port-{a}"),
-            interface: a.into(),
-            vlan: None,
-        },
-        b: EndSpec {
-            port: format!("port-{b}"),
-            interface: b.into(),
-            vlan: None,
-        },
-    }
 }
 
 async fn dp() -> Dataplane {

@@ -465,20 +465,7 @@ fn edge() -> Edge {
 }
 
 fn pipe(edge: &Netns, a: &str, b: &str) {
-    let spec = VxcSpec {
-        id: "vxc-v".into(),
-        rate_mbps: 100,
-        a: EndSpec {
-            port: format!("port-{a}"),
-            interface: a.into(),
-            vlan: None,
-        },
-        b: EndSpec {
-            port: format!("port-{b}"),
-            interface: b.into(),
-            vlan: None,
-        },
-    };
+    let spec = common::untagged_vxc("vxc-v", 100, a, b);
     edge.block_on(move || async move {
         Dataplane::connect(DataplaneConfig::default())
             .await

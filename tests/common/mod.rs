@@ -169,6 +169,22 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A VXC joining two interfaces untagged at both ends (port names `port-<interface>`): the pipe
+/// this kernel can carry without 802.1Q.
+pub fn untagged_vxc(id: &str, rate_mbps: u32, a: &str, b: &str) -> vxcd::dataplane::VxcSpec {
+    let end = |interface: &str| vxcd::dataplane::EndSpec {
+        port: format!("port-{interface}"),
+        interface: interface.into(),
+        vlan: None,
+    };
+    vxcd::dataplane::VxcSpec {
+        id: id.into(),
+        rate_mbps,
+        a: end(a),
+        b: end(b),
+    }
+}
+
 /// A veth pair with both ends in one namespace, both up.
 pub fn veth_local(ns: &Netns, a_if: &str, b_if: &str) {
     veth(ns, a_if, ns, b_if)

@@ -356,6 +356,17 @@ impl Engine {
 
     /// Answers one operation (authorization was checked by the server).
     pub async fn handle(&mut self, op: Op) -> Result<Value, Failure> {
+        let answer = self.dispatch(op).await;
+        // Only here, after the change is committed to the model, may the model be written as the
+        // snapshot that replaces the journal: compacting inside `persist` (before the commit) wrote
+        // a snapshot without the change that triggered it, then emptied the journal that held it.
+        if self.store.journal_len() >= COMPACT_EVERY {
+            self.compact();
+        }
+        answer
+    }
+
+    async fn dispatch(&mut self, op: Op) -> Result<Value, Failure> {
         let now = OffsetDateTime::now_utc();
         match op {
             Op::Hello {} => {
@@ -520,19 +531,14 @@ impl Engine {
         Ok(json!({"deleted": vxc.id}))
     }
 
-    /// Makes records durable; compacts now and then.
+    /// Makes records durable. Compaction is left to [`Engine::handle`], after the commit.
     fn persist(&mut self, records: &[Record]) -> Result<(), Failure> {
         let written = if records.len() == 1 {
             self.store.append(&records[0])
         } else {
             self.store.append_batch(records)
         };
-        written
-            .map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))?;
-        if self.store.journal_len() >= COMPACT_EVERY {
-            self.compact();
-        }
-        Ok(())
+        written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))
     }
 
     /// Writes the whole state as a snapshot. A failure only costs replay time: the journal stays.

@@ -83,12 +83,24 @@
 //! If writing an entry fails (e.g. `ENOSPC`), the journal is cut back to its previous
 //! length and synced, and the store stays usable. If that repair fails, or if
 //! `fdatasync` itself fails (after which Linux gives no guarantee about what reached the
-//! disk), the store refuses all further writes with [`StoreError::Poisoned`]; the daemon
-//! must restart and reopen, which re-reads the truth from disk.
+//! disk), the store refuses writes with [`StoreError::Poisoned`] until [`Store::recover`]
+//! (tried before every write, and periodically by the daemon) has cut the journal back to
+//! its last acknowledged entry and synced it. [`Store::failure`] says why meanwhile.
+//! A compaction that fails removes its partial `snapshot.json.tmp` at once (a full disk
+//! stays full otherwise) and leaves the journal, which still holds everything, untouched.
+//!
+//! ## Who may read and write it
+//!
+//! The directory is created 0700 and every file 0600 whatever the umask (the journal holds
+//! every service key); files are opened with `O_NOFOLLOW`, so a symlink planted in the
+//! directory is an error, never a way to overwrite its target. A state directory that is a
+//! symlink, is owned by another user, or is writable by group or others is refused
+//! ([`StoreError::Unsafe`]): whoever can write there can forge a key with a valid CRC.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::marker::PhantomData;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -104,6 +116,10 @@ const SNAPSHOT_FORMAT: &str = "vxcd-state";
 const SNAPSHOT_VERSION: u32 = 1;
 /// How many bytes of a torn tail [`TornTail::preview`] shows: enough to recognise it.
 const PREVIEW_BYTES: usize = 80;
+/// Mode of the state directory and of every file in it, whatever the umask: the journal holds
+/// every service key, so only the daemon's user may read it.
+const DIR_MODE: u32 = 0o700;
+const FILE_MODE: u32 = 0o600;
 
 /// Why the store failed. Every variant names the file or directory concerned.
 #[derive(Debug, thiserror::Error)]
@@ -132,8 +148,10 @@ pub enum StoreError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("store at {} refuses writes after an earlier failure ({cause}); restart to reopen it", dir.display())]
+    #[error("store at {} refuses writes after an earlier failure ({cause}); it retries the repair before each write", dir.display())]
     Poisoned { dir: PathBuf, cause: String },
+    #[error("state directory {}: {cause}; refusing to use it", dir.display())]
+    Unsafe { dir: PathBuf, cause: String },
 }
 
 /// A last journal entry that a crash cut short; it was never acknowledged and has been
@@ -205,19 +223,26 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
     /// the snapshot and journal. On corruption nothing on disk is changed.
     pub fn open<S: DeserializeOwned>(dir: &Path) -> Result<(Self, Loaded<S, R>), StoreError> {
         let dir = dir.to_path_buf();
-        let dir_existed = dir.is_dir();
-        fs::create_dir_all(&dir).map_err(io_err("creating state directory", &dir))?;
+        let dir_existed = fs::symlink_metadata(&dir).is_ok();
         if !dir_existed {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(io_err("creating parent of", &dir))?;
+            }
+            fs::DirBuilder::new()
+                .mode(DIR_MODE)
+                .create(&dir)
+                .map_err(io_err("creating state directory", &dir))?;
+            // The umask may have narrowed the mode further; never wider than DIR_MODE.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io_err("setting the mode of", &dir))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent)?;
             }
         }
+        check_dir(&dir)?;
 
         let lock_path = dir.join(LOCK_FILE);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let lock_file = private_file(OpenOptions::new().create(true).truncate(false).write(true))
             .open(&lock_path)
             .map_err(io_err("opening lock file", &lock_path))?;
         let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
@@ -236,7 +261,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         let (snapshot, snapshot_seq) = read_snapshot::<S>(&snapshot_path)?;
 
         let journal_path = dir.join(JOURNAL_FILE);
-        let journal_content = match fs::read(&journal_path) {
+        let journal_content = match read_private(&journal_path) {
             Ok(content) => content,
             Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io_err("reading journal", &journal_path)(e)),
@@ -244,11 +269,22 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         let replay = scan_journal::<R>(&journal_path, &journal_content, snapshot_seq)?;
 
         // Everything is validated; only now repair what a crash left behind.
-        let journal = OpenOptions::new()
-            .create(true)
-            .append(true)
+        let journal = private_file(OpenOptions::new().create(true).append(true))
             .open(&journal_path)
             .map_err(io_err("opening journal", &journal_path))?;
+        // Files an older vxcd created under umask 022 were 0644: narrow them (fchmod, no path).
+        for (file, path) in [(&journal, &journal_path), (&*lock, &lock_path)] {
+            file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+                .map_err(io_err("setting the mode of", path))?;
+        }
+        if snapshot.is_some() {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&snapshot_path)
+                .and_then(|f| f.set_permissions(fs::Permissions::from_mode(FILE_MODE)))
+                .map_err(io_err("setting the mode of", &snapshot_path))?;
+        }
         let keep_bytes = if replay.records.is_empty() {
             // Nothing newer than the snapshot: finish a truncation a crash interrupted.
             0
@@ -262,11 +298,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
                 .map_err(io_err("truncating journal", &journal_path))?;
         }
         let tmp_path = dir.join(SNAPSHOT_TMP_FILE);
-        match fs::remove_file(&tmp_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("removing leftover", &tmp_path)(e)),
-        }
+        remove_if_present(&tmp_path).map_err(io_err("removing leftover", &tmp_path))?;
         // Makes a newly created journal or lock file, or a removal, durable.
         sync_dir(&dir)?;
 
@@ -298,7 +330,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
     /// either all of them are there or (if a crash tore the entry) none. An empty batch
     /// writes nothing.
     pub fn append_batch(&mut self, records: &[R]) -> Result<(), StoreError> {
-        self.check_poisoned()?;
+        self.recover()?;
         if records.is_empty() {
             return Ok(());
         }
@@ -339,7 +371,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
     /// include every record appended so far. The snapshot is replaced atomically
     /// (temporary file, fsync, rename, directory fsync) before the journal is touched.
     pub fn compact<S: Serialize>(&mut self, snapshot: &S) -> Result<(), StoreError> {
-        self.check_poisoned()?;
+        self.recover()?;
         let snapshot_path = self.dir.join(SNAPSHOT_FILE);
         let tmp_path = self.dir.join(SNAPSHOT_TMP_FILE);
         let content =
@@ -350,12 +382,24 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
             })?;
 
         let write_tmp = || -> io::Result<()> {
-            let mut tmp = File::create(&tmp_path)?;
+            // A leftover (or planted) tmp file or symlink is unlinked, never followed.
+            remove_if_present(&tmp_path)?;
+            let mut tmp =
+                private_file(OpenOptions::new().write(true).create_new(true)).open(&tmp_path)?;
             tmp.write_all(&content)?;
             tmp.sync_all()
         };
-        write_tmp().map_err(io_err("writing snapshot", &tmp_path))?;
-        fs::rename(&tmp_path, &snapshot_path).map_err(io_err("renaming into", &snapshot_path))?;
+        let written = write_tmp()
+            .map_err(io_err("writing snapshot", &tmp_path))
+            .and_then(|()| {
+                fs::rename(&tmp_path, &snapshot_path)
+                    .map_err(io_err("renaming into", &snapshot_path))
+            });
+        if let Err(e) = written {
+            // A partial snapshot would keep a full disk full; the journal still holds everything.
+            let _ = remove_if_present(&tmp_path);
+            return Err(e);
+        }
         sync_dir(&self.dir)?;
 
         // The snapshot is durable; records up to its seq are now skipped on replay, so a
@@ -386,20 +430,94 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         self.next_seq - 1
     }
 
-    /// The state directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// Why the store refuses writes, `None` while it is healthy.
+    pub fn failure(&self) -> Option<&str> {
+        self.poisoned.as_deref()
     }
 
-    fn check_poisoned(&self) -> Result<(), StoreError> {
-        match &self.poisoned {
-            Some(cause) => Err(StoreError::Poisoned {
+    /// After a failure left the journal's length unknown, cuts it back to the last acknowledged
+    /// entry and syncs it; when that works the store is healthy again. Called before every write
+    /// and by the daemon's periodic tick, so a store that failed on a full disk recovers once
+    /// space is back, without a restart.
+    pub fn recover(&mut self) -> Result<(), StoreError> {
+        let Some(cause) = self.poisoned.clone() else {
+            return Ok(());
+        };
+        let repaired = self
+            .journal
+            .set_len(self.journal_bytes)
+            .and_then(|()| self.journal.sync_all());
+        match repaired {
+            Ok(()) => {
+                self.poisoned = None;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Poisoned {
                 dir: self.dir.clone(),
-                cause: cause.clone(),
+                cause: format!("{cause}; repair failed again: {e}"),
             }),
-            None => Ok(()),
         }
     }
+}
+
+/// Files of the store: created with [`FILE_MODE`], and never through a symlink (a link planted
+/// at `journal.log` would otherwise have the daemon truncate and overwrite its target).
+fn private_file(options: &mut OpenOptions) -> &mut OpenOptions {
+    options.mode(FILE_MODE).custom_flags(libc::O_NOFOLLOW)
+}
+
+/// Reads a whole file of the store without following a symlink.
+fn read_private(path: &Path) -> io::Result<Vec<u8>> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut content = Vec::new();
+    file.read_to_end(&mut content)?;
+    Ok(content)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The state directory must be a real directory (not a symlink), owned by the daemon's user and
+/// writable by nobody else: whoever can write there can forge a key with a valid checksum.
+fn check_dir(dir: &Path) -> Result<(), StoreError> {
+    let unsafe_dir = |cause: String| StoreError::Unsafe {
+        dir: dir.to_path_buf(),
+        cause,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(io_err("reading", dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(unsafe_dir(format!(
+            "it is owned by uid {}, not by the daemon's uid {euid}",
+            meta.uid()
+        )));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "its mode {mode:04o} lets other users write into it (chmod 0700 it)"
+        )));
+    }
+    if mode & 0o077 != 0 {
+        // Readable by others: the keys would leak. Narrow it rather than refuse a directory that
+        // an older vxcd (or a umask 022 mkdir) created.
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(io_err("setting the mode of", dir))?;
+    }
+    Ok(())
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -443,7 +561,7 @@ fn encode_snapshot<S: Serialize>(seq: u64, state: &S) -> serde_json::Result<Vec<
 
 /// Reads `snapshot.json`: `(None, 0)` if absent, else the state and the last seq it holds.
 fn read_snapshot<S: DeserializeOwned>(path: &Path) -> Result<(Option<S>, u64), StoreError> {
-    let content = match fs::read(path) {
+    let content = match read_private(path) {
         Ok(content) => content,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((None, 0)),
         Err(e) => return Err(io_err("reading snapshot", path)(e)),
@@ -1161,5 +1279,158 @@ mod tests {
         assert_eq!(store.last_seq(), 0);
         store.append(&HashMap::new()).unwrap();
         assert_eq!(store.last_seq(), 1);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn files_are_private_whatever_the_umask() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        // SAFETY: umask only swaps the process's file-creation mask; no memory is involved.
+        let old = unsafe { libc::umask(0o022) };
+        let result = std::panic::catch_unwind(|| {
+            let (mut store, _) = open(&dir);
+            store.append(&rec(1)).unwrap();
+            store.compact(&vec![rec(1)]).unwrap();
+            store.append(&rec(2)).unwrap();
+        });
+        // SAFETY: as above, restores the mask.
+        unsafe { libc::umask(old) };
+        result.unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        for file in [JOURNAL_FILE, SNAPSHOT_FILE, LOCK_FILE] {
+            assert_eq!(mode_of(&dir.join(file)), 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn files_an_older_daemon_left_world_readable_are_narrowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = open(tmp.path());
+            store.append(&rec(1)).unwrap();
+            store.compact(&vec![rec(1)]).unwrap();
+        }
+        for file in [JOURNAL_FILE, SNAPSHOT_FILE, LOCK_FILE] {
+            fs::set_permissions(tmp.path().join(file), fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let (_store, loaded) = open(tmp.path());
+        assert_eq!(loaded.snapshot, Some(vec![rec(1)]));
+        assert_eq!(mode_of(tmp.path()), 0o700);
+        for file in [JOURNAL_FILE, SNAPSHOT_FILE, LOCK_FILE] {
+            assert_eq!(mode_of(&tmp.path().join(file)), 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_symlinked_journal_is_refused_and_its_target_untouched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        drop(open(&dir));
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious\n").unwrap();
+        fs::remove_file(journal(&dir)).unwrap();
+        std::os::unix::fs::symlink(&victim, journal(&dir)).unwrap();
+        let err = open_err(&dir);
+        assert!(
+            matches!(&err, StoreError::Io { source, .. } if source.raw_os_error() == Some(libc::ELOOP)),
+            "{err}"
+        );
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+    }
+
+    #[test]
+    fn a_planted_tmp_symlink_is_replaced_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let (mut store, _) = open(&dir);
+        store.append(&rec(1)).unwrap();
+        let victim = tmp.path().join("victim");
+        fs::write(&victim, b"precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(SNAPSHOT_TMP_FILE)).unwrap();
+        store.compact(&vec![rec(1)]).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+        assert!(fs::symlink_metadata(dir.join(SNAPSHOT_TMP_FILE)).is_err());
+        drop(store);
+        assert_eq!(open(&dir).1.snapshot, Some(vec![rec(1)]));
+    }
+
+    #[test]
+    fn unsafe_state_directories_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A symlink to a good directory.
+        let real = tmp.path().join("real");
+        drop(open(&real));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = open_err(&link);
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        // Writable by others.
+        let open_dir = tmp.path().join("open");
+        fs::create_dir(&open_dir).unwrap();
+        fs::set_permissions(&open_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let err = open_err(&open_dir);
+        assert!(err.to_string().contains("lets other users write"), "{err}");
+        assert!(
+            fs::read_dir(&open_dir).unwrap().next().is_none(),
+            "nothing created in it"
+        );
+        // Owned by another user: as root, a directory given to nobody; otherwise one of root's.
+        let foreign = if nix::unistd::geteuid().is_root() {
+            let foreign = tmp.path().join("foreign");
+            fs::create_dir(&foreign).unwrap();
+            fs::set_permissions(&foreign, fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+            foreign
+        } else {
+            PathBuf::from("/usr")
+        };
+        let err = open_err(&foreign);
+        assert!(err.to_string().contains("not by the daemon's uid"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_compaction_removes_its_tmp_and_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let (mut store, _) = open(&dir);
+        store.append(&rec(1)).unwrap();
+        store.append(&rec(2)).unwrap();
+        // A directory where the snapshot goes makes the rename fail after the tmp was written.
+        fs::create_dir(dir.join(SNAPSHOT_FILE)).unwrap();
+        assert!(store.compact(&vec![rec(1), rec(2)]).is_err());
+        assert!(
+            fs::symlink_metadata(dir.join(SNAPSHOT_TMP_FILE)).is_err(),
+            "tmp left behind"
+        );
+        // The store goes on, and compacts once the obstacle is gone.
+        store.append(&rec(3)).unwrap();
+        fs::remove_dir(dir.join(SNAPSHOT_FILE)).unwrap();
+        store.compact(&vec![rec(1), rec(2), rec(3)]).unwrap();
+        store.append(&rec(4)).unwrap();
+        drop(store);
+        let (_, loaded) = open(&dir);
+        assert_eq!(loaded.snapshot, Some(vec![rec(1), rec(2), rec(3)]));
+        assert_eq!(loaded.records, vec![rec(4)]);
+    }
+
+    #[test]
+    fn a_poisoned_store_recovers_once_the_repair_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(tmp.path());
+        store.append(&rec(1)).unwrap();
+        // What a failed fdatasync leaves: the journal's length unknown, writes refused.
+        store.poisoned = Some("fdatasync failed: EIO".into());
+        let _ = store.journal.write_all(b"half an entry");
+        assert_eq!(store.failure(), Some("fdatasync failed: EIO"));
+        store.recover().unwrap();
+        assert_eq!(store.failure(), None);
+        store.append(&rec(2)).unwrap();
+        drop(store);
+        assert_eq!(open(tmp.path()).1.records, vec![rec(1), rec(2)]);
     }
 }

@@ -62,12 +62,18 @@ impl Default for ControlConfig {
 pub struct StateConfig {
     /// Directory of the snapshot and journal (see `store`).
     pub dir: PathBuf,
+    /// Journal records after which the whole state is written as a new snapshot.
+    pub compact_every: usize,
 }
+
+/// Default of `state.compact_every`.
+pub const DEFAULT_COMPACT_EVERY: usize = 4096;
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: PathBuf::from("/var/lib/vxcd"),
+            compact_every: DEFAULT_COMPACT_EVERY,
         }
     }
 }
@@ -231,6 +237,9 @@ impl Config {
         }
         parse_mode(config.control.mode.get_ref())
             .map_err(|why| at(config.control.mode.span(), "control.mode", why))?;
+        if config.state.compact_every == 0 {
+            return Err(fail("key state.compact_every: must be at least 1".into()));
+        }
         if config.shaping.burst_frames == 0 || config.shaping.burst_us == 0 {
             return Err(fail(
                 "keys shaping.burst_us and shaping.burst_frames: must be at least 1".into(),

@@ -18,8 +18,8 @@ use crate::dataplane::{self, Dataplane, EndSpec, VxcOutcome, VxcSpec, VxcStatus 
 use crate::domain::{Change, KeyId, Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
 use crate::inspector::{self, Direction, Expectation, InspectConfig, Inspector, VerifySpec};
 use crate::protocol::{
-    EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView, VxcView,
-    PROTOCOL_VERSION,
+    EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView, StoreStatus,
+    VxcView, PROTOCOL_VERSION,
 };
 use crate::store::Store;
 
@@ -43,10 +43,6 @@ pub struct Snapshot {
     pub keys: Vec<ServiceKey>,
     pub vxcs: Vec<Vxc>,
 }
-
-/// Journal length at which the state is compacted into a new snapshot. Compaction is O(state), so
-/// doing it every N records keeps the cost per change constant.
-const COMPACT_EVERY: usize = 4096;
 
 /// Where a VXC stands in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +83,9 @@ pub struct Engine {
     drift_repairs: u64,
     /// False: observe-only, drift is reported but not repaired.
     repair: bool,
+    /// Journal length at which the state is compacted into a new snapshot (`state.compact_every`).
+    /// Compaction is O(state), so doing it every N records keeps the cost per change constant.
+    compact_every: usize,
     /// The packet inspector, when enabled.
     inspector: Option<Inspector>,
 }
@@ -212,7 +211,22 @@ impl Engine {
             last_reconcile: None,
             drift_repairs: 0,
             repair,
+            compact_every: crate::config::DEFAULT_COMPACT_EVERY,
             inspector: None,
+        }
+    }
+
+    /// Sets the journal length that triggers a compaction (at least 1).
+    pub fn set_compact_every(&mut self, records: usize) {
+        self.compact_every = records.max(1);
+    }
+
+    /// Why the store refuses writes (`None`: healthy). Tries the repair first, so a store that
+    /// failed on a full disk reports healthy again as soon as the disk has room.
+    pub fn store_failure(&mut self) -> Option<String> {
+        match self.store.recover() {
+            Ok(()) => None,
+            Err(e) => Some(e.to_string()),
         }
     }
 
@@ -360,7 +374,7 @@ impl Engine {
         // Only here, after the change is committed to the model, may the model be written as the
         // snapshot that replaces the journal: compacting inside `persist` (before the commit) wrote
         // a snapshot without the change that triggered it, then emptied the journal that held it.
-        if self.store.journal_len() >= COMPACT_EVERY {
+        if self.store.journal_len() >= self.compact_every {
             self.compact();
         }
         answer
@@ -671,7 +685,8 @@ impl Engine {
         Ok(())
     }
 
-    fn status(&self) -> StatusView {
+    fn status(&mut self) -> StatusView {
+        let store_error = self.store_failure();
         let mut vxc_states = BTreeMap::new();
         for vxc in self.model.vxcs() {
             *vxc_states
@@ -691,6 +706,11 @@ impl Engine {
             drift_repairs: self.drift_repairs,
             vxc_states,
             inspector: self.inspector_status(),
+            store: StoreStatus {
+                ok: store_error.is_none(),
+                error: store_error,
+                dir: self.store.dir().display().to_string(),
+            },
         }
     }
 

@@ -318,6 +318,18 @@ pub struct StatusView {
     /// The packet inspector at a glance.
     #[serde(default)]
     pub inspector: InspectorStatus,
+    /// Whether the state can be written.
+    #[serde(default)]
+    pub store: StoreStatus,
+}
+
+/// `status.store`: `ok` false while the store refuses writes (e.g. the disk is full); `error` says
+/// why. Changes are refused with `internal` meanwhile, and the systemd watchdog is not pinged.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    pub ok: bool,
+    pub error: Option<String>,
+    pub dir: String,
 }
 
 /// `status.inspector`.

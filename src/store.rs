@@ -120,6 +120,8 @@ const PREVIEW_BYTES: usize = 80;
 /// every service key, so only the daemon's user may read it.
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
+/// Free bytes at which a store whose last write failed is deemed able to write again.
+const MIN_ROOM: u64 = 64 * 1024;
 
 /// Why the store failed. Every variant names the file or directory concerned.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +206,9 @@ pub struct Store<R> {
     records_since_snapshot: usize,
     /// Set once the on-disk state is unknown; every later write is refused with it.
     poisoned: Option<String>,
+    /// The last write failed cleanly (e.g. `ENOSPC`, cut back): nothing is lost, but the store
+    /// cannot take changes. Cleared by the next successful write, or once the file system has room.
+    write_failed: Option<String>,
     /// Held for the store's lifetime; dropping it releases the lock.
     _lock: Flock<File>,
     _record: PhantomData<fn(&R)>,
@@ -310,6 +315,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
             next_seq: replay.last_seq.max(snapshot_seq) + 1,
             records_since_snapshot: replay.records.len(),
             poisoned: None,
+            write_failed: None,
             _lock: lock,
             _record: PhantomData,
         };
@@ -352,6 +358,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
                     self.journal_path.display()
                 ));
             }
+            self.write_failed = Some(format!("appending to {}: {e}", self.journal_path.display()));
             return Err(io_err("appending to journal", &self.journal_path)(e));
         }
         if let Err(e) = self.journal.sync_data() {
@@ -362,6 +369,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
             return Err(io_err("syncing journal", &self.journal_path)(e));
         }
         self.journal_bytes += line.len() as u64;
+        self.write_failed = None;
         self.next_seq += records.len() as u64;
         self.records_since_snapshot += records.len();
         Ok(())
@@ -398,6 +406,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         if let Err(e) = written {
             // A partial snapshot would keep a full disk full; the journal still holds everything.
             let _ = remove_if_present(&tmp_path);
+            self.write_failed = Some(e.to_string());
             return Err(e);
         }
         sync_dir(&self.dir)?;
@@ -430,9 +439,14 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         self.next_seq - 1
     }
 
-    /// Why the store refuses writes, `None` while it is healthy.
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Why the store refuses writes or the last one failed, `None` while it is healthy.
     pub fn failure(&self) -> Option<&str> {
-        self.poisoned.as_deref()
+        self.poisoned.as_deref().or(self.write_failed.as_deref())
     }
 
     /// After a failure left the journal's length unknown, cuts it back to the last acknowledged
@@ -440,6 +454,21 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
     /// and by the daemon's periodic tick, so a store that failed on a full disk recovers once
     /// space is back, without a restart.
     pub fn recover(&mut self) -> Result<(), StoreError> {
+        if let Some(cause) = &self.write_failed {
+            // Room again for a few entries and a snapshot: call it healthy; a write that still
+            // fails sets it again.
+            let room = nix::sys::statvfs::statvfs(&self.dir)
+                .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+                .unwrap_or(0);
+            if room >= MIN_ROOM {
+                self.write_failed = None;
+            } else if self.poisoned.is_none() {
+                return Err(StoreError::Poisoned {
+                    dir: self.dir.clone(),
+                    cause: format!("{cause}; {room} bytes free"),
+                });
+            }
+        }
         let Some(cause) = self.poisoned.clone() else {
             return Ok(());
         };

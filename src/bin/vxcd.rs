@@ -70,6 +70,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// How often a failed store's repair is retried when no systemd watchdog sets the pace.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
 fn notify(state: sd_notify::NotifyState) {
     // Outside systemd there is no NOTIFY_SOCKET and this does nothing.
     if let Err(e) = sd_notify::notify(&[state]) {
@@ -95,6 +98,7 @@ async fn run(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("subscribing to kernel events: {e}"))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
+    engine.set_compact_every(config.state.compact_every);
     engine.reconcile().await;
     engine.start_inspector(config.inspector());
     let listener = server::bind(&config.control.socket, &access)?;
@@ -110,15 +114,37 @@ async fn run(config: Config) -> Result<(), String> {
         events,
         stopped.clone(),
     ));
-    if let Some(period) = sd_notify::watchdog_enabled() {
+    {
+        let watchdog = sd_notify::watchdog_enabled();
         let control = control.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
+            // Without a watchdog the tick still retries a failed store's repair now and then.
+            let mut tick = tokio::time::interval(watchdog.map_or(STORE_RETRY, |p| p / 2));
+            let mut failing = false;
             loop {
                 tick.tick().await;
-                // Ping only when the engine answers: a wedged engine gets the daemon restarted.
-                let _alive = control.engine.lock().await;
-                notify(sd_notify::NotifyState::Watchdog);
+                // Ping only when the engine answers and the state can be written: a wedged engine
+                // or a store that cannot write gets the daemon restarted by systemd.
+                let store_failure = control.engine.lock().await.store_failure();
+                match store_failure {
+                    Some(e) => {
+                        if !failing {
+                            log::error!(
+                                "the state cannot be written; watchdog no longer pinged: {e}"
+                            );
+                        }
+                        failing = true;
+                    }
+                    None => {
+                        if failing {
+                            log::info!("the state can be written again");
+                        }
+                        failing = false;
+                        if watchdog.is_some() {
+                            notify(sd_notify::NotifyState::Watchdog);
+                        }
+                    }
+                }
             }
         });
     }

@@ -70,6 +70,79 @@ fn main() -> ExitCode {
     }
 }
 
+/// Signals whose default action would end the daemon without removing its socket. Each of the
+/// stopping ones ends it cleanly, as SIGTERM does; the others are logged and ignored.
+const STOP_SIGNALS: &[(&str, i32)] = &[
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGINT", libc::SIGINT),
+    ("SIGQUIT", libc::SIGQUIT),
+    ("SIGALRM", libc::SIGALRM),
+    ("SIGVTALRM", libc::SIGVTALRM),
+    ("SIGPROF", libc::SIGPROF),
+    ("SIGIO", libc::SIGIO),
+    ("SIGPWR", libc::SIGPWR),
+    ("SIGXCPU", libc::SIGXCPU),
+    ("SIGXFSZ", libc::SIGXFSZ),
+];
+const IGNORED_SIGNALS: &[(&str, i32, &str)] = &[
+    // Config reload is not there yet; until it is, a reload request must not kill the daemon.
+    (
+        "SIGHUP",
+        libc::SIGHUP,
+        "config reload is not supported yet; ignored",
+    ),
+    ("SIGUSR1", libc::SIGUSR1, "ignored"),
+    ("SIGUSR2", libc::SIGUSR2, "ignored"),
+];
+
+/// Returns when a stopping signal arrives; logs and ignores the others meanwhile.
+async fn wait_for_stop_signal() -> Result<(), String> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, bool, &'static str)>();
+    let stops = STOP_SIGNALS.iter().map(|&(name, n)| (name, n, true, ""));
+    let ignored = IGNORED_SIGNALS
+        .iter()
+        .map(|&(name, n, what)| (name, n, false, what));
+    for (name, number, stop, what) in stops.chain(ignored) {
+        let mut stream =
+            signal(SignalKind::from_raw(number)).map_err(|e| format!("{name} handler: {e}"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send((name, stop, what)).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    // A flood of one ignored signal is logged at most once a second.
+    let mut last_logged: std::collections::HashMap<&str, (std::time::Instant, u64)> =
+        std::collections::HashMap::new();
+    while let Some((name, stop, what)) = rx.recv().await {
+        if stop {
+            log::info!("{name}: finishing the request in flight, then exiting");
+            return Ok(());
+        }
+        match last_logged.get_mut(name) {
+            Some((at, unlogged)) if at.elapsed() < Duration::from_secs(1) => *unlogged += 1,
+            Some((at, unlogged)) => {
+                log::info!("{name}: {what} ({unlogged} more not logged)");
+                (*at, *unlogged) = (std::time::Instant::now(), 0);
+            }
+            None => {
+                log::info!("{name}: {what}");
+                last_logged.insert(name, (std::time::Instant::now(), 0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A start that fails after the socket was bound removes it, so no stale socket is left.
+fn gone(config: &Config, error: String) -> String {
+    let _ = std::fs::remove_file(&config.control.socket);
+    error
+}
+
 /// How often a failed store's repair is retried when no systemd watchdog sets the pace.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
@@ -90,18 +163,20 @@ async fn run(config: Config) -> Result<(), String> {
         model.keys().count(),
         model.vxcs().count()
     );
+    // The state lock is held (load_state) and the socket taken before the kernel is touched: a
+    // daemon that is going to be refused (another vxcd holds the socket) must change nothing.
+    let listener = server::bind(&config.control.socket, &access)?;
     let dataplane = Dataplane::connect(config.dataplane())
         .await
-        .map_err(|e| format!("opening netlink: {e}"))?;
+        .map_err(|e| gone(&config, format!("opening netlink: {e}")))?;
     let events = dataplane
         .events()
         .await
-        .map_err(|e| format!("subscribing to kernel events: {e}"))?;
+        .map_err(|e| gone(&config, format!("subscribing to kernel events: {e}")))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.set_compact_every(config.state.compact_every);
     engine.reconcile().await;
     engine.start_inspector(config.inspector());
-    let listener = server::bind(&config.control.socket, &access)?;
     let control = Arc::new(Control {
         engine: tokio::sync::Mutex::new(engine),
         access,
@@ -151,12 +226,7 @@ async fn run(config: Config) -> Result<(), String> {
     notify(sd_notify::NotifyState::Ready);
     log::info!("listening on {}", config.control.socket.display());
 
-    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM: finishing the request in flight, then exiting"),
-        _ = int.recv() => log::info!("SIGINT: finishing the request in flight, then exiting"),
-    }
+    wait_for_stop_signal().await?;
     notify(sd_notify::NotifyState::Stopping);
     let _ = stop.send(true);
     let _ = server.await;

@@ -222,8 +222,24 @@ pub fn parse_request(line: &[u8]) -> Result<Request, (Value, Failure)> {
         return Err((id, failure));
     }
     match Op::deserialize(Value::Object(fields)) {
-        Ok(op) => Ok(Request { id, op }),
+        Ok(op) => match check_ids(&op) {
+            Ok(()) => Ok(Request { id, op }),
+            Err(e) => Err((id, Failure::bad_request(format!("{op_name}: {e}")))),
+        },
         Err(e) => Err((id, Failure::bad_request(format!("{op_name}: {e}")))),
+    }
+}
+
+/// An id argument outside the id grammar cannot name anything: it is a malformed request
+/// (`bad_request`), not a lookup that failed (`not_found`).
+fn check_ids(op: &Op) -> Result<(), crate::domain::RuleError> {
+    use crate::domain::{KeyId, VxcId};
+    match op {
+        Op::KeyGet { key } | Op::KeyDelete { key } => KeyId::parse("key", key).map(drop),
+        Op::VxcGet { id } | Op::VxcDelete { id } | Op::Verify { id: Some(id) } => {
+            VxcId::parse("id", id).map(drop)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -355,6 +371,60 @@ mod tests {
 
     fn parse(line: &str) -> Result<Request, (Value, Failure)> {
         parse_request(line.as_bytes())
+    }
+
+    #[test]
+    fn ids_outside_the_grammar_are_bad_requests_for_every_lookup() {
+        for (op, field) in [
+            ("key.get", "key"),
+            ("key.delete", "key"),
+            ("vxc.get", "id"),
+            ("vxc.delete", "id"),
+            ("verify", "id"),
+        ] {
+            for bad in ["", "a b", "../etc", "ü", &"x".repeat(65)] {
+                let line = json!({"op": op, field: bad}).to_string();
+                let (_, failure) = parse(&line).expect_err(&line);
+                assert_eq!(failure.code, "bad_request", "{line}: {}", failure.message);
+            }
+            let line = json!({"op": op, field: "v-7"}).to_string();
+            assert!(parse(&line).is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn numbers_of_any_size_reach_the_rules() {
+        for raw in [
+            "99999999999999999999",
+            "1e30",
+            "-1e30",
+            "-99999999999999999999",
+        ] {
+            let line = format!(
+                r#"{{"op": "key.put", "key": {{"key": "k", "port": "p", "single_use": true,
+                    "max_speed_mbps": {raw}, "vlan": {raw}}}}}"#
+            );
+            let Op::KeyPut { key } = parse(&line).expect(&line).op else {
+                panic!("{line}")
+            };
+            let want = if raw.starts_with('-') {
+                i64::MIN
+            } else {
+                i64::MAX
+            };
+            assert_eq!((key.max_speed_mbps, key.vlan), (want, Some(want)), "{raw}");
+            let line = format!(
+                r#"{{"op": "vxc.put", "vxc": {{"id": "v", "name": "n", "service_key": "k",
+                    "rate_mbps": {raw}, "a_end": {{"port": "p", "vlan": {raw}}}}}}}"#
+            );
+            let Op::VxcPut { vxc } = parse(&line).expect(&line).op else {
+                panic!("{line}")
+            };
+            assert_eq!((vxc.rate_mbps, vxc.a_end.vlan), (want, Some(want)), "{raw}");
+        }
+        let line = r#"{"op": "key.put", "key": {"key": "k", "port": "p", "single_use": false,
+            "max_speed_mbps": 10.5}}"#;
+        assert_eq!(parse(line).expect_err(line).1.code, "bad_request");
     }
 
     #[test]

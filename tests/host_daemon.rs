@@ -624,3 +624,53 @@ fn inspect_reports_violations_from_the_wire_and_verify_needs_a_writer() {
     let all = ok(d.call(json!({"op": "verify"})));
     assert_eq!(all, json!({"pass": true, "results": []}));
 }
+
+#[test]
+fn error_codes_for_malformed_ids_and_out_of_range_numbers() {
+    let ns = Netns::new("ec");
+    let d = with_absent_ports(&ns);
+    for (op, field) in [
+        ("key.get", "key"),
+        ("vxc.get", "id"),
+        ("vxc.delete", "id"),
+        ("verify", "id"),
+    ] {
+        err(
+            d.call(json!({"op": op, field: "no/such id"})),
+            "bad_request",
+        );
+        err(d.call(json!({"op": op, field: "well-formed"})), "not_found");
+    }
+    for huge in [json!(1e30), json!(-1e30), json!(18446744073709551615u64)] {
+        err(
+            d.call(
+                json!({"op": "key.put", "key": {"key": "k-huge", "port": "mel-2",
+                "single_use": false, "max_speed_mbps": huge}}),
+            ),
+            "rate_invalid",
+        );
+        err(
+            d.call(
+                json!({"op": "key.put", "key": {"key": "k-huge", "port": "mel-2",
+                "single_use": true, "max_speed_mbps": 100, "vlan": huge}}),
+            ),
+            "vlan_invalid",
+        );
+    }
+    ok(d.call(multi_use_key("k-ok", "mel-2")));
+    for huge in [json!(1e30), json!(-5)] {
+        err(
+            d.call(json!({"op": "vxc.put", "vxc": {"id": "v-huge", "name": "n",
+            "service_key": "k-ok", "rate_mbps": huge, "a_end": {"port": "mel-1"}}})),
+            "rate_invalid",
+        );
+        err(
+            d.call(json!({"op": "vxc.put", "vxc": {"id": "v-huge", "name": "n",
+            "service_key": "k-ok", "rate_mbps": 10, "a_end": {"port": "mel-1", "vlan": huge}}})),
+            "vlan_invalid",
+        );
+    }
+    // Nothing of the refused requests was stored.
+    assert_eq!(ok(d.call(json!({"op": "status"})))["keys"], json!(1));
+    assert_eq!(ok(d.call(json!({"op": "status"})))["vxcs"], json!(0));
+}

@@ -45,8 +45,9 @@ pub struct KeyRequest {
     #[serde(default)]
     pub description: String,
     pub single_use: bool,
+    #[serde(deserialize_with = "wide_int")]
     pub max_speed_mbps: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wide_int_opt")]
     pub vlan: Option<i64>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub valid_from: Option<OffsetDateTime>,
@@ -58,6 +59,32 @@ pub struct KeyRequest {
 
 fn default_active() -> bool {
     true
+}
+
+/// A whole number of any size, saturated to the i64 range, so that a VLAN or rate far out of
+/// range gets the rule's own error (`vlan_invalid`, `rate_invalid`) rather than a parse error.
+/// Fractions are still refused as `bad_request`: they are not numbers anyone meant.
+fn wide_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    if n.as_u64().is_some() {
+        return Ok(i64::MAX);
+    }
+    match n.as_f64() {
+        // `as` saturates at the i64 bounds.
+        Some(f) if f.fract() == 0.0 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number, got {n}"
+        ))),
+    }
+}
+
+fn wide_int_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<serde_json::Value>::deserialize(d)?
+        .map(|v| wide_int(v).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// The A-End of a stored VXC: its port and VLAN, `None` when untagged (the whole port).
@@ -99,6 +126,7 @@ pub struct VxcRequest {
     pub id: String,
     pub name: String,
     pub service_key: String,
+    #[serde(deserialize_with = "wide_int")]
     pub rate_mbps: i64,
     pub a_end: AEndRequest,
     #[serde(default)]
@@ -110,7 +138,7 @@ pub struct VxcRequest {
 #[serde(deny_unknown_fields)]
 pub struct AEndRequest {
     pub port: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "wide_int_opt")]
     pub vlan: Option<i64>,
     #[serde(default)]
     pub untagged: bool,

@@ -16,3 +16,6 @@ pub mod protocol;
 pub mod reconcile;
 pub mod server;
 pub mod store;
+
+#[cfg(test)]
+mod proptests;

@@ -635,6 +635,13 @@ impl Engine {
             self.drift_repairs += 1;
             log::warn!("removed {orphan}: owned by vxcd but part of no VXC in the state");
         }
+        // Not counted as drift: a port's IPv6 is the host's default, not a change to vxcd's objects.
+        for (port, done) in report.ports_quieted {
+            log::info!(interface = port.as_str(); "port interface {port}: host IPv6 kept off the customer's wire: {}", done.join(", "));
+        }
+        for (port, e) in report.port_failures {
+            log::error!(interface = port.as_str(); "port interface {port}: {e}");
+        }
         for (orphan, e) in report.orphan_failures {
             log::error!("removing {orphan}, owned by vxcd but part of no VXC: {e}");
         }
@@ -725,17 +732,22 @@ impl Engine {
         let mut views = Vec::new();
         for usage in self.model.ports() {
             let interface = self.ports.get(&usage.name).cloned();
-            let present = match &interface {
-                Some(name) => self.dataplane.link_present(name).await.unwrap_or_else(|e| {
-                    log::warn!("port.list: looking up interface {name}: {e}");
-                    false
-                }),
-                None => false,
+            let facts = match &interface {
+                Some(name) => self
+                    .dataplane
+                    .port_ipv6_off(name)
+                    .await
+                    .unwrap_or_else(|e| {
+                        log::warn!("port.list: looking up interface {name}: {e}");
+                        None
+                    }),
+                None => None,
             };
             views.push(PortView {
                 name: usage.name.to_string(),
                 interface,
-                present,
+                present: facts.is_some(),
+                host_ipv6_off: facts.unwrap_or(false),
                 vlans: usage.vlans.iter().map(|v| v.get()).collect(),
                 untagged_vxc: usage.untagged_vxc.map(|v| v.to_string()),
                 accepting: usage.accepting,

@@ -312,6 +312,10 @@ pub struct PortView {
     pub name: String,
     pub interface: Option<String>,
     pub present: bool,
+    /// The host's own IPv6 is off on the interface: it sends the customer no ND, MLD or router
+    /// solicitation of its own.
+    #[serde(default)]
+    pub host_ipv6_off: bool,
     pub vlans: Vec<u16>,
     pub untagged_vxc: Option<String>,
     pub accepting: bool,

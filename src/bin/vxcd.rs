@@ -166,9 +166,10 @@ async fn run(config: Config) -> Result<(), String> {
     // The state lock is held (load_state) and the socket taken before the kernel is touched: a
     // daemon that is going to be refused (another vxcd holds the socket) must change nothing.
     let listener = server::bind(&config.control.socket, &access)?;
-    let dataplane = Dataplane::connect(config.dataplane())
+    let mut dataplane = Dataplane::connect(config.dataplane())
         .await
         .map_err(|e| gone(&config, format!("opening netlink: {e}")))?;
+    dataplane.set_port_interfaces(ports.iter().map(|p| p.interface.clone()).collect());
     let events = dataplane
         .events()
         .await

@@ -7,6 +7,7 @@ use futures::stream::{self, StreamExt};
 use netlink_packet_core::{
     NetlinkPayload, Nla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REPLACE,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage,
@@ -18,6 +19,7 @@ use netlink_packet_route::tc::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
+use std::net::IpAddr;
 use tokio::sync::mpsc;
 
 use super::nl::{self, Errno, ReqError};
@@ -102,6 +104,10 @@ pub struct ConvergeReport {
     pub orphans_removed: Vec<Orphan>,
     /// Orphans that could not be removed, with the error.
     pub orphan_failures: Vec<(Orphan, DataplaneError)>,
+    /// Port interfaces whose host IPv6 was switched off, with what was done.
+    pub ports_quieted: Vec<(String, Vec<String>)>,
+    /// Port interfaces where that failed.
+    pub port_failures: Vec<(String, DataplaneError)>,
 }
 
 impl ConvergeReport {
@@ -203,6 +209,9 @@ pub struct Dataplane {
     /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY);
     /// other requests are pipelined freely.
     dump_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The port interfaces: kept free of the host's own IPv6 (no link-local address, so no ND,
+    /// MLD or router solicitation leaves towards a customer) at every convergence.
+    port_interfaces: Vec<String>,
 }
 
 fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
@@ -463,7 +472,13 @@ impl Dataplane {
             handle,
             cfg,
             dump_lock: Arc::new(tokio::sync::Mutex::new(())),
+            port_interfaces: Vec::new(),
         })
+    }
+
+    /// The port interfaces whose host IPv6 every convergence keeps off ([`Dataplane::quiet_port`]).
+    pub fn set_port_interfaces(&mut self, interfaces: Vec<String>) {
+        self.port_interfaces = interfaces;
     }
 
     pub fn config(&self) -> &DataplaneConfig {
@@ -617,6 +632,15 @@ impl Dataplane {
     /// Whether a link of that name exists: one request, whatever else the host holds.
     pub async fn link_present(&self, name: &str) -> Result<bool, DataplaneError> {
         Ok(self.read_link_named(name).await?.is_some())
+    }
+
+    /// A port interface as `port.list` shows it: `None` when absent, else whether the host's own
+    /// IPv6 is off on it (address generation none: see [`Dataplane::quiet_port`]).
+    pub async fn port_ipv6_off(&self, name: &str) -> Result<Option<bool>, DataplaneError> {
+        Ok(self.read_link_named(name).await?.map(|l| {
+            l.addr_gen_mode
+                .is_none_or(|m| m == plan::ADDR_GEN_MODE_NONE)
+        }))
     }
 
     /// One link by name; `None` when no link has that name (`ENODEV`, or a link that only
@@ -1155,6 +1179,65 @@ impl Dataplane {
         Ok(index)
     }
 
+    /// Keeps the host's own traffic off a customer port: IPv6 address generation off (so a flap
+    /// makes no new link-local address) and the link-local addresses it already has removed (with
+    /// them go the MLD reports, neighbour and router solicitations the host would send untagged to
+    /// the customer). Only link-local (fe80::/10) addresses are touched: an operator's other
+    /// addresses, if any, are theirs. Returns what it changed (nothing when already quiet).
+    pub async fn quiet_port(&self, link: &ObservedLink) -> Result<Vec<String>, DataplaneError> {
+        let label = format!("port interface {}", link.name);
+        let mut done = Vec::new();
+        if link.addr_gen_mode != Some(plan::ADDR_GEN_MODE_NONE) {
+            let mut msg = link_msg(link.index);
+            msg.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )])];
+            match self.ack(RouteNetlinkMessage::SetLink(msg), 0).await {
+                Ok(()) => done.push("IPv6 addr_gen_mode none".to_owned()),
+                // No IPv6 in this namespace or on this link: nothing the host could send.
+                Err(ReqError::Kernel(e)) if e.0 == libc::EAFNOSUPPORT => return Ok(done),
+                Err(e) => {
+                    return Err(kernel_err(
+                        "switching IPv6 address generation off on",
+                        &label,
+                        e,
+                    ))
+                }
+            }
+        }
+        let addresses = self
+            .dump(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                "addresses",
+            )
+            .await?;
+        for m in addresses {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let link_local = a.attributes.iter().any(|attr| {
+                matches!(attr, AddressAttribute::Address(IpAddr::V6(ip))
+                    if ip.segments()[0] & 0xffc0 == 0xfe80)
+            });
+            if a.header.index != link.index || !link_local {
+                continue;
+            }
+            let shown = a
+                .attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(ip.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            self.ack(RouteNetlinkMessage::DelAddress(a), 0)
+                .await
+                .map_err(|e| kernel_err(&format!("removing {shown} from"), &label, e))?;
+            done.push(format!("link-local {shown} removed"));
+        }
+        Ok(done)
+    }
+
     /// Fixes MTU, group, alias and IPv6 mode of an existing owned VLAN link.
     async fn fix_vlan_attrs(
         &self,
@@ -1548,6 +1631,16 @@ impl Dataplane {
             match r {
                 Ok(()) => report.orphans_removed.push(o),
                 Err(e) => report.orphan_failures.push((o, e)),
+            }
+        }
+        for port in &self.port_interfaces {
+            let Some(link) = obs.link_by_name(port) else {
+                continue;
+            };
+            match self.quiet_port(link).await {
+                Ok(done) if done.is_empty() => {}
+                Ok(done) => report.ports_quieted.push((port.clone(), done)),
+                Err(e) => report.port_failures.push((port.clone(), e)),
             }
         }
         let specs: HashMap<&str, &VxcSpec> = desired.iter().map(|v| (v.id.as_str(), v)).collect();

@@ -85,6 +85,9 @@ pub struct ReconcileConfig {
     pub interval_s: u64,
     /// Repair drift (true) or only report it (false: observe-only, for maintenance and tests).
     pub repair: bool,
+    /// Receive buffer of the kernel event socket in bytes; 0 keeps the kernel's default. When a
+    /// burst overflows it, the kernel drops events and vxcd runs a full resync.
+    pub event_buffer_bytes: usize,
 }
 
 impl Default for ReconcileConfig {
@@ -92,6 +95,7 @@ impl Default for ReconcileConfig {
         ReconcileConfig {
             interval_s: 30,
             repair: true,
+            event_buffer_bytes: 0,
         }
     }
 }

@@ -8,11 +8,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::dataplane::KernelEvent;
+use crate::dataplane::{KernelEvent, KernelObject};
 use crate::server::Control;
 
 /// How long to wait for more events before running the pass they triggered.
 const SETTLE: Duration = Duration::from_millis(200);
+
+fn is_lost(event: Option<&KernelEvent>) -> bool {
+    event.is_some_and(|e| e.object == KernelObject::EventsLost)
+}
 
 pub async fn run(
     control: Arc<Control>,
@@ -34,12 +38,17 @@ pub async fn run(
                     continue;
                 }
                 // Coalesce the burst this event belongs to.
+                let mut lost = is_lost(event.as_ref());
                 loop {
                     match tokio::time::timeout(SETTLE, events.recv()).await {
-                        Ok(Some(_)) => continue,
+                        Ok(Some(e)) => lost |= is_lost(Some(&e)),
                         Ok(None) => { events_open = false; break; }
                         Err(_) => break,
                     }
+                }
+                if lost {
+                    // Logged once per burst: the pass below is a full one, which is the resync.
+                    log::warn!("the kernel dropped events (event socket overflow); full resync");
                 }
             }
             _ = shutdown.changed() => return,

@@ -743,3 +743,49 @@ fn a_managed_port_carries_nothing_of_the_hosts_own() {
     );
     ok(d.call(json!({"op": "hello"})));
 }
+
+#[test]
+fn an_event_overflow_is_resynced_and_later_drift_still_repaired() {
+    let ns = Netns::new("ov");
+    veth_local(&ns, "p1", "p1x");
+    let d = Daemon::start(
+        &ns,
+        &[("syd-1", "p1")],
+        "[reconcile]\nevent_buffer_bytes = 2048\n",
+    );
+    let pid = d.child.as_ref().expect("running").id().to_string();
+    // Stopped, the daemon reads no events while a burst overflows its small event buffer.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let batch: String = (0..400)
+        .map(|i| format!("link set p1x alias burst-{i}\n"))
+        .collect();
+    let file = d.dir.path().join("burst.batch");
+    std::fs::write(&file, batch).expect("batch file");
+    ns.ip(&["-batch", &file.display().to_string()]);
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let wait_for = |what: &str, cond: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{}", d.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_for("no resync after the overflow", &|| {
+        d.log().contains("the kernel dropped events")
+    });
+    // The event stream lives on: a hand-made drift after the overflow is repaired.
+    ns.ip(&["link", "set", "p1", "addrgenmode", "eui64"]);
+    wait_for("drift after the overflow not repaired", &|| {
+        ns.ip(&["-d", "link", "show", "p1"])
+            .contains("addrgenmode none")
+    });
+    ok(d.call(json!({"op": "hello"})));
+}

@@ -171,7 +171,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| gone(&config, format!("opening netlink: {e}")))?;
     dataplane.set_port_interfaces(ports.iter().map(|p| p.interface.clone()).collect());
     let events = dataplane
-        .events()
+        .events_with_buffer(config.reconcile.event_buffer_bytes)
         .await
         .map_err(|e| gone(&config, format!("subscribing to kernel events: {e}")))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);

@@ -122,6 +122,8 @@ pub enum KernelObject {
     Link,
     Qdisc,
     Filter,
+    /// The kernel dropped events (`ENOBUFS` on the event socket): anything may have changed.
+    EventsLost,
 }
 
 /// A link or tc change notification.
@@ -1728,6 +1730,15 @@ impl Dataplane {
     /// Subscribes to link and tc notifications on a second socket. The receiver yields
     /// small events; dropping it ends the subscription at the next event.
     pub async fn events(&self) -> Result<mpsc::Receiver<KernelEvent>, DataplaneError> {
+        self.events_with_buffer(0).await
+    }
+
+    /// [`Dataplane::events`] with the event socket's receive buffer set to `rcvbuf` bytes (0: the
+    /// kernel's default). A small one makes bursts overflow it, which tests use.
+    pub async fn events_with_buffer(
+        &self,
+        rcvbuf: usize,
+    ) -> Result<mpsc::Receiver<KernelEvent>, DataplaneError> {
         use netlink_sys::{AsyncSocket, SocketAddr};
         let (mut conn, handle, mut messages) = rtnetlink::new_connection().map_err(|e| {
             DataplaneError::Connection(format!("opening rtnetlink event socket: {e}"))
@@ -1738,16 +1749,32 @@ impl Dataplane {
             .map_err(|e| {
                 DataplaneError::Connection(format!("subscribing to link and tc events: {e}"))
             })?;
+        if rcvbuf > 0 {
+            conn.socket_mut()
+                .socket_mut()
+                .set_rx_buf_sz(rcvbuf)
+                .map_err(|e| {
+                    DataplaneError::Connection(format!("sizing the event socket's buffer: {e}"))
+                })?;
+        }
         tokio::spawn(conn);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(async move {
             // The handle keeps the connection task alive as long as events are wanted.
             let _handle = handle;
             while let Some((msg, _)) = messages.next().await {
-                let NetlinkPayload::InnerMessage(inner) = msg.payload else {
-                    continue;
+                let event = match msg.payload {
+                    NetlinkPayload::InnerMessage(inner) => to_event(inner),
+                    // netlink-proto turns ENOBUFS into an overrun message; the socket goes on.
+                    NetlinkPayload::Overrun(_) => Some(KernelEvent {
+                        object: KernelObject::EventsLost,
+                        change: EventChange::Changed,
+                        ifindex: 0,
+                        name: None,
+                    }),
+                    _ => None,
                 };
-                if let Some(event) = to_event(inner) {
+                if let Some(event) = event {
                     if tx.send(event).await.is_err() {
                         break;
                     }

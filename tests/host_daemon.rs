@@ -741,6 +741,7 @@ fn a_managed_port_carries_nothing_of_the_hosts_own() {
         "the host sent to the customer:\n{frames}\n{}",
         d.log()
     );
+    assert!(!d.log().contains("own egress"), "{}", d.log());
     ok(d.call(json!({"op": "hello"})));
 }
 

@@ -262,6 +262,10 @@ pub struct PortView {
     pub unparsed: u64,
     /// Frames the kernel dropped because the ring was full (counts are then low).
     pub kernel_drops: u64,
+    /// Frames the host itself sent on the port (source MAC the port's own, or a port that carries
+    /// no VXC end): not vxcd's pipe, never counted as its egress.
+    #[serde(default)]
+    pub host_frames: u64,
 }
 
 /// Everything the inspector counted.
@@ -299,6 +303,10 @@ struct PortCounters {
     probes: [AtomicU64; 2],
     unparsed: AtomicU64,
     kernel_drops: AtomicU64,
+    host_frames: AtomicU64,
+    /// The port interface's own MAC: a frame it sends from that address is the host's, since the
+    /// pipe forwards the customers' frames with the customers' addresses.
+    own_mac: Option<[u8; 6]>,
     interface: String,
 }
 
@@ -309,9 +317,23 @@ impl PortCounters {
             probes: Default::default(),
             unparsed: AtomicU64::new(0),
             kernel_drops: AtomicU64::new(0),
+            host_frames: AtomicU64::new(0),
+            own_mac: read_mac(interface),
             interface: interface.to_string(),
         }
     }
+}
+
+/// The interface's MAC from sysfs (`None` when it cannot be read: then only a port without VXC
+/// ends tells the host's frames apart).
+fn read_mac(interface: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for byte in &mut mac {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
 }
 
 /// The classification table of one port; replaced whole by `update`.
@@ -339,6 +361,23 @@ fn classify(table: &PortTable, counters: &PortCounters, raw: &ring::RawFrame<'_>
     if probe::parse(tags.ether_type, tags.payload).is_some() {
         counters.probes[d].fetch_add(1, Ordering::Relaxed);
         return;
+    }
+    if raw.direction == Direction::Tx {
+        let from_host = counters
+            .own_mac
+            .is_some_and(|mac| raw.data.get(6..12) == Some(&mac[..]));
+        let no_end = table.untagged.is_none() && table.ends.is_empty();
+        if from_host || no_end {
+            if counters.host_frames.fetch_add(1, Ordering::Relaxed) == 0 {
+                let interface = counters.interface.as_str();
+                log::warn!(
+                    interface, direction = "tx", ether_type = tags.ether_type;
+                    "inspector: the host itself sent a frame on {interface} (EtherType {:#06x}): not vxcd's pipe, counted as host_frames",
+                    tags.ether_type
+                );
+            }
+            return;
+        }
     }
     let bytes = u64::from(raw.wire_len) + if raw.meta_tag.is_some() { 4 } else { 0 };
     let end = match (tags.outer, &table.untagged) {
@@ -671,6 +710,7 @@ impl Inspector {
                     violations: Vec::new(),
                     probes_rx: 0,
                     probes_tx: 0,
+                    host_frames: 0,
                     unparsed: 0,
                     kernel_drops: 0,
                 }),
@@ -803,6 +843,7 @@ fn port_view(interface: &str, w: &PortWorker) -> PortView {
         probes_tx: c.probes[1].load(Ordering::Relaxed),
         unparsed: c.unparsed.load(Ordering::Relaxed),
         kernel_drops: c.kernel_drops.load(Ordering::Relaxed),
+        host_frames: c.host_frames.load(Ordering::Relaxed),
     }
 }
 
@@ -1126,6 +1167,71 @@ mod tests {
     fn inspector_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<Inspector>();
+    }
+
+    #[test]
+    fn frames_the_host_sends_are_the_hosts_not_vxcds_egress() {
+        let violations = |c: &PortCounters| -> u64 {
+            c.violations
+                .iter()
+                .map(|v| v.count.load(Ordering::Relaxed))
+                .sum()
+        };
+        // A port with no VXC end: whatever leaves it is the host's (MLD, ND, ...).
+        let empty = PortExpect {
+            port: "p".into(),
+            interface: "i".into(),
+            untagged: None,
+            vlans: vec![],
+        };
+        let counters = PortCounters::new("i");
+        let mld = eth(&[], 0x86dd);
+        classify(
+            &table_for(&empty),
+            &counters,
+            &raw(&mld, None, Direction::Tx),
+            1,
+        );
+        assert_eq!(counters.host_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(violations(&counters), 0);
+        // Received, the same frame is the customer's and a violation.
+        classify(
+            &table_for(&empty),
+            &counters,
+            &raw(&mld, None, Direction::Rx),
+            2,
+        );
+        assert_eq!(violations(&counters), 1);
+
+        // A port with an end: a frame from the port's own MAC is the host's; one with another
+        // source (the pipe forwards the customers' frames) and a wrong tag is vxcd's egress.
+        let tagged = PortExpect {
+            port: "p".into(),
+            interface: "i".into(),
+            untagged: None,
+            vlans: vec![(200, end_ref("v1"))],
+        };
+        let mut counters = PortCounters::new("i");
+        counters.own_mac = Some([2; 6]);
+        let from_host = eth(&[], 0x86dd); // eth() puts 02:02:02:02:02:02 as the source
+        classify(
+            &table_for(&tagged),
+            &counters,
+            &raw(&from_host, None, Direction::Tx),
+            3,
+        );
+        assert_eq!(counters.host_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(violations(&counters), 0);
+        let mut from_pipe = eth(&[], 0x0800);
+        from_pipe[6..12].copy_from_slice(&[0x0a; 6]);
+        classify(
+            &table_for(&tagged),
+            &counters,
+            &raw(&from_pipe, None, Direction::Tx),
+            4,
+        );
+        assert_eq!(counters.host_frames.load(Ordering::Relaxed), 1);
+        assert_eq!(violations(&counters), 1);
     }
 
     #[test]

@@ -396,6 +396,9 @@ async fn next_line(read: &mut UnixStream, buf: &mut Vec<u8>, slot: &mut Slot) ->
     loop {
         if let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n') {
             let end = scanned + pos;
+            if end > protocol::MAX_LINE {
+                return Next::TooLarge;
+            }
             let line = buf[..end].to_vec();
             buf.drain(..=end);
             if buf.capacity() > FREE_BUFFER {

@@ -296,3 +296,69 @@ print(json.dumps({"open": len(socks), "failed": failed}))
         d.log()
     );
 }
+
+#[test]
+fn fd_exhaustion_backs_off_instead_of_spinning() {
+    let ns = Netns::new("hl");
+    let d = daemon_with(
+        &ns,
+        "max_connections = 2000\nmax_connections_per_uid = 2000",
+    );
+    let pid = daemon_pid(&d);
+    assert!(
+        d.log().contains("open-file limit"),
+        "the fd limit is not logged:\n{}",
+        d.log()
+    );
+    // Lower the running daemon's limit so that a few hundred connections exhaust it (EMFILE).
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=64:64"])
+        .status()
+        .expect("running prlimit");
+    assert!(status.success());
+    let script = r#"
+socks = []
+for _ in range(300):
+    socks.append(conn())
+print(json.dumps({"open": len(socks)}))
+"#;
+    let mut attacker = Attacker::start(&d, 65534, script);
+    let report = attacker.report();
+    // Bounded wait for the first accept failure.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !d.log().contains("accept failed") {
+        assert!(Instant::now() < deadline, "no accept failure:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Measure the daemon over a 3 s window of exhaustion: a spinning accept loop burns all of it.
+    let cpu_before = cpu_ticks(pid);
+    let log_before = d.log().len();
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_ticks(pid) - cpu_before;
+    let log_growth = d.log().len() - log_before;
+    let failures = d.log().matches("accept failed").count();
+    eprintln!(
+        "fds exhausted by {report}: daemon CPU {cpu} ticks over {:?}, log grew {log_growth} \
+         bytes, {failures} accept-failure lines",
+        window.elapsed()
+    );
+    assert!(cpu < 30, "{cpu} ticks over 3 s");
+    assert!(
+        failures <= 2,
+        "{failures} accept-failure lines:\n{}",
+        d.log()
+    );
+    // Once the attacker lets go, the daemon serves again.
+    drop(attacker);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = d.client();
+        if let Some(answer) = c.try_call(json!({"op": "hello"})) {
+            ok(answer);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not recover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

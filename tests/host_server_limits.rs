@@ -62,12 +62,18 @@ def line(s):
 
 impl Attacker {
     fn start(d: &Daemon, uid: u32, script: &str) -> Attacker {
+        Attacker::start_with(d, uid, script, &[])
+    }
+
+    /// Like `start`, with more arguments (`sys.argv[2..]`).
+    fn start_with(d: &Daemon, uid: u32, script: &str, args: &[&str]) -> Attacker {
         let mut child = Command::new("python3")
             .arg("-c")
             .arg(format!(
                 "{PRELUDE}\n{script}\nsys.stdout.flush()\nsys.stdin.read()\n"
             ))
             .arg(&d.socket)
+            .args(args)
             .uid(uid)
             .gid(65534)
             .stdin(Stdio::piped())
@@ -361,4 +367,88 @@ print(json.dumps({"open": len(socks)}))
         assert!(Instant::now() < deadline, "the daemon did not recover");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// 2000 keys, then an attacker with `pipes` connections pipelining key.list without reading and
+/// `hangups` connections that each send one key.list and hang up; root's worst hello/key.put
+/// meanwhile and the daemon's VmHWM (kB).
+fn readers_attack(pipes: usize, hangups: usize) -> (Duration, u64) {
+    let ns = Netns::new("hl");
+    let d = daemon_with(
+        &ns,
+        "max_connections = 2000\nmax_connections_per_uid = 2000",
+    );
+    let pid = daemon_pid(&d);
+    // 2000 keys, 100 pipelined at a time (answers must be read: the daemon does not read on
+    // while an answer is unread). Every key.list answer is then about 300 KB.
+    let mut c = d.client();
+    for chunk in 0..20 {
+        let mut batch = String::new();
+        for i in chunk * 100..(chunk + 1) * 100 {
+            batch.push_str(
+                &json!({"op": "key.put", "key": {"key": format!("k-{i}"), "port": "syd-1",
+                    "single_use": false, "max_speed_mbps": 100, "description": "x".repeat(64)}})
+                .to_string(),
+            );
+            batch.push('\n');
+        }
+        c.send_raw(batch.as_bytes());
+        for _ in 0..100 {
+            ok(c.read_answer().expect("key.put answer"));
+        }
+    }
+    let script = r#"
+pipes = []
+for _ in range(int(sys.argv[2])):
+    s = conn()
+    s.setblocking(False)
+    try:
+        s.send(b'{"op":"key.list"}\n' * 2000)
+    except OSError:
+        pass
+    pipes.append(s)
+for _ in range(int(sys.argv[3])):
+    s = conn()
+    s.sendall(b'{"op":"key.list"}\n')
+    s.close()
+print(json.dumps({"pipelining": len(pipes), "hung_up": int(sys.argv[3])}))
+"#;
+    let (pipes, hangups) = (pipes.to_string(), hangups.to_string());
+    let mut attacker = Attacker::start_with(&d, 65534, script, &[&pipes, &hangups]);
+    let report = attacker.report();
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let (t1, hello) = timed(&d, json!({"op": "hello"}));
+        ok(hello);
+        let (t2, put) = timed(
+            &d,
+            json!({"op": "key.put", "key": {"key": format!("r-{i}"), "port": "syd-1",
+                "single_use": false, "max_speed_mbps": 100}}),
+        );
+        ok(put);
+        worst = worst.max(t1).max(t2);
+    }
+    let hwm = vm_hwm_kib(pid);
+    eprintln!(
+        "2000 keys, attacker {report}: root's worst hello/key.put {worst:?}; daemon VmHWM {hwm} kB"
+    );
+    (worst, hwm)
+}
+
+#[test]
+fn readers_that_hung_up_get_no_work_and_do_not_stall_root() {
+    let (worst, hwm) = readers_attack(0, 1000);
+    assert!(hwm < 128 * 1024, "VmHWM {hwm} kB");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+}
+
+// Known to fail (measured: root waited 15.8 s, VmHWM 140 MB): each of the 200 connections holds
+// one computed 300 KB answer it does not read, and the key.list answers are computed under the
+// engine lock. Needs reads from a snapshot without the lock and a budget for unwritten answers.
+#[test]
+#[ignore = "reads still take the engine lock and unwritten answers are not budgeted (issue 7)"]
+fn unread_pipelines_hold_one_answer_each() {
+    let (worst, hwm) = readers_attack(200, 0);
+    assert!(hwm < 128 * 1024, "VmHWM {hwm} kB");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
 }

@@ -44,6 +44,15 @@ pub struct ControlConfig {
     pub group: Option<Spanned<String>>,
     /// Users (names or numeric uids) allowed to change state besides root.
     pub writers: Vec<Spanned<String>>,
+    /// Connections open at once from users who may only read (root and writers have a reserve
+    /// beyond it, so a flood of readers never locks them out).
+    pub max_connections: usize,
+    /// Connections open at once from one uid (root and writers excepted).
+    pub max_connections_per_uid: usize,
+    /// Seconds a connection may go without a complete request before it is closed.
+    pub idle_timeout_s: u64,
+    /// MiB of partial request lines buffered across all connections at once.
+    pub buffer_budget_mib: usize,
 }
 
 impl Default for ControlConfig {
@@ -53,6 +62,10 @@ impl Default for ControlConfig {
             mode: Spanned::new(0..0, "0660".to_owned()),
             group: None,
             writers: Vec::new(),
+            max_connections: 256,
+            max_connections_per_uid: 64,
+            idle_timeout_s: 60,
+            buffer_budget_mib: 64,
         }
     }
 }
@@ -190,6 +203,10 @@ pub struct Access {
     pub gid: Option<u32>,
     /// Uids besides root that may change state.
     pub writer_uids: Vec<u32>,
+    pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub idle_timeout: std::time::Duration,
+    pub buffer_budget: usize,
 }
 
 impl Config {
@@ -243,6 +260,17 @@ impl Config {
             .map_err(|why| at(config.control.mode.span(), "control.mode", why))?;
         if config.state.compact_every == 0 {
             return Err(fail("key state.compact_every: must be at least 1".into()));
+        }
+        if config.control.max_connections == 0
+            || config.control.max_connections_per_uid == 0
+            || config.control.idle_timeout_s == 0
+            || config.control.buffer_budget_mib == 0
+        {
+            return Err(fail(
+                "keys control.max_connections, control.max_connections_per_uid, \
+                 control.idle_timeout_s and control.buffer_budget_mib: must be at least 1"
+                    .into(),
+            ));
         }
         if config.shaping.burst_frames == 0 || config.shaping.burst_us == 0 {
             return Err(fail(
@@ -319,6 +347,10 @@ impl Config {
             mode,
             gid,
             writer_uids,
+            max_connections: self.control.max_connections,
+            max_connections_per_uid: self.control.max_connections_per_uid,
+            idle_timeout: std::time::Duration::from_secs(self.control.idle_timeout_s),
+            buffer_budget: self.control.buffer_budget_mib.saturating_mul(1 << 20),
         })
     }
 }

@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
-use tokio_util::codec::{
-    AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead, FramedWrite, LinesCodec,
-};
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::Access;
 use crate::engine::Engine;
@@ -35,6 +37,17 @@ impl Control {
 
     /// Answers one parsed request.
     pub async fn answer(&self, request: Request, peer: Peer) -> Result<serde_json::Value, Failure> {
+        self.answer_while(request, peer, || true).await
+    }
+
+    /// Answers one parsed request unless `alive` says, once the engine lock is held, that the
+    /// peer has gone: an answer nobody reads is not worth holding the lock for.
+    pub async fn answer_while(
+        &self,
+        request: Request,
+        peer: Peer,
+        alive: impl Fn() -> bool,
+    ) -> Result<serde_json::Value, Failure> {
         if request.op.needs_writer() && !self.may_change(peer) {
             return Err(Failure::new(
                 "unauthorized",
@@ -47,12 +60,54 @@ impl Control {
         }
         if let Op::Verify { id } = &request.op {
             // Probing takes up to seconds: take what to probe under the lock, probe without it.
-            let specs = self.engine.lock().await.verify_specs(id.as_deref())?;
+            let engine = self.engine.lock().await;
+            if !alive() {
+                return Err(Failure::new("gone", "the peer closed the connection"));
+            }
+            let specs = engine.verify_specs(id.as_deref())?;
+            drop(engine);
             return tokio::task::spawn_blocking(move || crate::engine::run_verify(specs))
                 .await
                 .map_err(|e| Failure::internal(format!("verify stopped: {e}")));
         }
-        self.engine.lock().await.handle(request.op).await
+        let mut engine = self.engine.lock().await;
+        if !alive() {
+            return Err(Failure::new("gone", "the peer closed the connection"));
+        }
+        engine.handle(request.op).await
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: every connection is an fd, and the
+/// default soft limit (1024) is what a reader flood reaches first. Logged either way.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        log::warn!(
+            "open-file limit: getrlimit failed: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    if lim.rlim_cur >= lim.rlim_max {
+        log::info!("open-file limit: {} (already the hard limit)", lim.rlim_cur);
+        return;
+    }
+    let old = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit read from the kernel, soft raised to its own hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "open-file limit: raising {old} to {}: {}",
+            lim.rlim_max,
+            std::io::Error::last_os_error()
+        );
+    } else {
+        log::info!("open-file limit raised from {old} to {}", lim.rlim_max);
     }
 }
 
@@ -85,6 +140,158 @@ pub fn bind(path: &Path, access: &Access) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// Connections root and the writers may hold beyond `max_connections`, so that a flood of
+/// readers never locks out the users who change state.
+const PRIVILEGED_RESERVE: usize = 64;
+/// Bytes of a partial line a connection may buffer without drawing on the shared budget.
+const FREE_BUFFER: usize = 4096;
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 8192;
+/// At most one log line per this period for each kind of repeated event.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// Logs a repeated event at most once per `LOG_PERIOD`, with how many were left out.
+struct RateLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLog {
+    fn new() -> Self {
+        RateLog {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: std::fmt::Arguments) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < LOG_PERIOD)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            log::warn!(
+                "{message} ({} more like it in the last {} s not logged)",
+                self.suppressed,
+                LOG_PERIOD.as_secs()
+            );
+        } else {
+            log::warn!("{message}");
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
+
+/// Open connections: readers in total and per uid, and the privileged (root, writers) apart.
+#[derive(Default)]
+struct Counts {
+    readers: usize,
+    privileged: usize,
+    per_uid: HashMap<u32, usize>,
+}
+
+/// What a connection holds of the limits; given back when it is dropped.
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    uid: u32,
+    privileged: bool,
+    budget: Arc<Semaphore>,
+    /// Bytes of the shared buffer budget this connection holds.
+    held: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock() {
+            if self.privileged {
+                counts.privileged -= 1;
+            } else {
+                counts.readers -= 1;
+                if let Some(n) = counts.per_uid.get_mut(&self.uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.per_uid.remove(&self.uid);
+                    }
+                }
+            }
+        }
+        self.budget.add_permits(self.held);
+    }
+}
+
+impl Slot {
+    /// Makes the budget held match a buffer of `capacity` bytes; false when the shared budget
+    /// cannot cover it.
+    fn cover(&mut self, capacity: usize) -> bool {
+        let need = capacity.saturating_sub(FREE_BUFFER);
+        if need > self.held {
+            let more = need - self.held;
+            let Ok(more32) = u32::try_from(more) else {
+                return false;
+            };
+            match self.budget.try_acquire_many(more32) {
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            }
+            self.held = need;
+        } else if need < self.held {
+            self.budget.add_permits(self.held - need);
+            self.held = need;
+        }
+        true
+    }
+}
+
+/// Takes a slot for `peer`, or says which limit refuses it.
+fn admit(
+    counts: &Arc<Mutex<Counts>>,
+    budget: &Arc<Semaphore>,
+    control: &Control,
+    peer: Peer,
+) -> Result<Slot, String> {
+    let access = &control.access;
+    let privileged = control.may_change(peer);
+    let mut c = counts
+        .lock()
+        .map_err(|_| "connection counts unavailable".to_owned())?;
+    if privileged {
+        if c.privileged >= PRIVILEGED_RESERVE {
+            return Err(format!(
+                "{PRIVILEGED_RESERVE} connections of root and the writers are open (the reserve)"
+            ));
+        }
+        c.privileged += 1;
+    } else {
+        if c.readers >= access.max_connections {
+            return Err(format!(
+                "{} connections are open (control.max_connections)",
+                access.max_connections
+            ));
+        }
+        let mine = c.per_uid.get(&peer.uid).copied().unwrap_or(0);
+        if mine >= access.max_connections_per_uid {
+            return Err(format!(
+                "uid {} has {mine} connections open (control.max_connections_per_uid)",
+                peer.uid
+            ));
+        }
+        c.readers += 1;
+        *c.per_uid.entry(peer.uid).or_insert(0) += 1;
+    }
+    Ok(Slot {
+        counts: counts.clone(),
+        uid: peer.uid,
+        privileged,
+        budget: budget.clone(),
+        held: 0,
+    })
+}
+
 /// Accepts connections until `shutdown` turns true. Connections already open finish the request
 /// they are in; the caller then takes the engine lock, which waits for any request in flight.
 pub async fn serve(
@@ -92,56 +299,174 @@ pub async fn serve(
     control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let budget_bytes = control.access.buffer_budget.min(Semaphore::MAX_PERMITS);
+    let budget = Arc::new(Semaphore::new(budget_bytes));
+    let mut accept_log = RateLog::new();
+    let mut refusal_log = RateLog::new();
+    let mut backoff = Duration::ZERO;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let control = control.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move { connection(stream, control, shutdown).await });
-                }
-                Err(e) => log::warn!("control socket: accept failed: {e}"),
-            },
+        if !backoff.is_zero() {
+            // Out of fds (EMFILE) or memory: accepting again at once would only fail again and
+            // spin; wait for connections to close.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
+            }
+            Err(e) => {
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                accept_log.warn(format_args!(
+                    "control socket: accept failed: {e}; retrying in {} ms",
+                    backoff.as_millis()
+                ));
+                continue;
+            }
+        };
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Peer { uid: cred.uid() },
+            Err(e) => {
+                refusal_log.warn(format_args!(
+                    "control socket: cannot read peer credentials: {e}"
+                ));
+                continue;
+            }
+        };
+        match admit(&counts, &budget, &control, peer) {
+            Ok(slot) => {
+                let control = control.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(
+                    async move { connection(stream, peer, slot, control, shutdown).await },
+                );
+            }
+            Err(why) => {
+                refusal_log.warn(format_args!(
+                    "control socket: refused a connection of uid {}: {why}",
+                    peer.uid
+                ));
+                let mut line = protocol::failure_line(
+                    &serde_json::Value::Null,
+                    &Failure::new("busy", format!("connection refused: {why}")),
+                );
+                line.push('\n');
+                // One short line fits the empty socket buffer; never wait for a peer that does
+                // not read. The stream is closed when dropped here.
+                let _ = stream.try_write(line.as_bytes());
+            }
         }
     }
 }
 
+/// True while the peer still has its end open (POLLHUP: it closed both directions; a peer that
+/// only shut down its writing side still reads answers).
+fn peer_connected(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the duration of the call, count 1, timeout 0 (no wait);
+    // `fd` is owned by the connection's stream, alive while this runs.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    !(n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0)
+}
+
+enum Next {
+    Line(Vec<u8>),
+    Closed,
+    TooLarge,
+    OverBudget,
+}
+
+/// Reads until one complete line is in `buf` and takes it out. Bytes after the newline stay in
+/// `buf`: pipelined requests are answered one at a time, and nothing more is read from the
+/// socket until then (backpressure).
+async fn next_line(read: &mut UnixStream, buf: &mut Vec<u8>, slot: &mut Slot) -> Next {
+    let mut scanned = 0;
+    loop {
+        if let Some(pos) = buf[scanned..].iter().position(|&b| b == b'\n') {
+            let end = scanned + pos;
+            if end > protocol::MAX_LINE {
+                return Next::TooLarge;
+            }
+            let line = buf[..end].to_vec();
+            buf.drain(..=end);
+            if buf.capacity() > FREE_BUFFER {
+                buf.shrink_to(FREE_BUFFER.max(buf.len()));
+                slot.cover(buf.capacity());
+            }
+            return Next::Line(line);
+        }
+        scanned = buf.len();
+        if buf.len() > protocol::MAX_LINE {
+            return Next::TooLarge;
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        let n = match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Next::Closed,
+            Ok(n) => n,
+        };
+        buf.reserve(n);
+        if !slot.cover(buf.capacity()) {
+            return Next::OverBudget;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 async fn connection(
-    stream: UnixStream,
+    mut stream: UnixStream,
+    peer: Peer,
+    mut slot: Slot,
     control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer { uid: cred.uid() },
-        Err(e) => {
-            log::warn!("control socket: cannot read peer credentials: {e}");
-            return;
-        }
-    };
-    let (read, write) = stream.into_split();
-    // Raw byte lines: UTF-8 and JSON are checked by the parser, which answers bad_request.
-    let mut lines = FramedRead::new(
-        read,
-        AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), protocol::MAX_LINE),
-    );
-    let mut out = FramedWrite::new(write, LinesCodec::new());
+    let idle = control.access.idle_timeout;
+    let fd = stream.as_raw_fd();
+    let mut buf = Vec::with_capacity(FREE_BUFFER.min(READ_CHUNK));
     loop {
+        // The timeout covers the whole wait for a complete line: a partial line is idle.
         let next = tokio::select! {
-            next = lines.next() => next,
+            next = tokio::time::timeout(idle, next_line(&mut stream, &mut buf, &mut slot)) => next,
             _ = shutdown.changed() => return,
         };
         let line = match next {
-            None => return,
-            Some(Ok(line)) => line,
-            Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
-                let answer =
-                    protocol::failure_line(&serde_json::Value::Null, &Failure::too_large());
-                let _ = out.send(answer).await;
+            Err(_) => {
+                log::debug!(
+                    "control socket: uid {}: no complete request in {} s, closing",
+                    peer.uid,
+                    idle.as_secs()
+                );
                 return;
             }
-            Some(Err(AnyDelimiterCodecError::Io(e))) => {
-                log::debug!("control socket: read error: {e}");
+            Ok(Next::Closed) => return,
+            Ok(Next::Line(line)) => line,
+            Ok(Next::TooLarge) => {
+                let answer =
+                    protocol::failure_line(&serde_json::Value::Null, &Failure::too_large());
+                let _ = send(&mut stream, answer, idle).await;
+                return;
+            }
+            Ok(Next::OverBudget) => {
+                let answer = protocol::failure_line(
+                    &serde_json::Value::Null,
+                    &Failure::new(
+                        "busy",
+                        "the daemon's budget for partial requests (control.buffer_budget_mib) \
+                         is used up; send shorter requests or retry",
+                    ),
+                );
+                let _ = send(&mut stream, answer, idle).await;
                 return;
             }
         };
@@ -152,15 +477,31 @@ async fn connection(
         let answer = match protocol::parse_request(line) {
             Err((id, failure)) => protocol::failure_line(&id, &failure),
             Ok(request) => {
+                if !peer_connected(fd) {
+                    return;
+                }
                 let id = request.id.clone();
-                match control.answer(request, peer).await {
+                match control
+                    .answer_while(request, peer, || peer_connected(fd))
+                    .await
+                {
                     Ok(result) => protocol::success_line(&id, result),
+                    Err(failure) if failure.code == "gone" => return,
                     Err(failure) => protocol::failure_line(&id, &failure),
                 }
             }
         };
-        if out.send(answer).await.is_err() {
+        if !send(&mut stream, answer, idle).await {
             return;
         }
     }
+}
+
+/// Writes one answer line; false when the peer is gone or has not read for `idle`.
+async fn send(stream: &mut UnixStream, mut line: String, idle: Duration) -> bool {
+    line.push('\n');
+    matches!(
+        tokio::time::timeout(idle, stream.write_all(line.as_bytes())).await,
+        Ok(Ok(()))
+    )
 }

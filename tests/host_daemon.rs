@@ -32,6 +32,9 @@ fn vxc(id: &str, key: &str, a_port: &str, a_vlan: Option<u16>) -> Value {
 /// A daemon whose two ports have real (veth) interfaces.
 fn with_present_ports() -> (Netns, Daemon) {
     let ns = Netns::new("hd");
+    // The test's own "customer" ends (p1x, p2x) must send nothing of their own (MLD, router
+    // solicitations) that the inspector would count next to the frames a test injects.
+    assert!(ns.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]));
     veth_local(&ns, "p1", "p1x");
     veth_local(&ns, "p2", "p2x");
     let d = Daemon::start(&ns, &[("syd-1", "p1"), ("syd-2", "p2")], "");

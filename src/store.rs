@@ -76,7 +76,9 @@
 //!
 //! A caveat worth knowing: a checksum failure on the *last* line is indistinguishable
 //! from a torn write, so bit rot in the very last acknowledged entry would be dropped as
-//! a torn tail (reported, not silent).
+//! a torn tail (reported, not silent). So would a flip of the newline that ends the entry
+//! before it, which joins the two into one damaged last line: both are dropped, reported (the
+//! property tests in `src/proptests/store.rs` found this).
 //!
 //! ## Write failures
 //!

@@ -67,8 +67,8 @@ proptest! {
         prop_assert_eq!(loaded.torn_tail.is_some(), !at_boundary);
     }
 
-    /// One bit flipped anywhere: either a reported torn last entry (the rest intact) or a
-    /// corruption error; never a silently different state.
+    /// One bit flipped anywhere: a reported torn last entry (the rest intact), a corruption
+    /// error, or (a flip nothing reads) the same state; never a silently different one.
     #[test]
     fn a_bit_flip_is_caught(batches in records(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -77,11 +77,21 @@ proptest! {
         content[i] ^= 1 << bit;
         std::fs::write(tmp.path().join("journal.log"), &content).expect("flip");
         match Store::<Rec>::open::<State>(tmp.path()) {
+            // A flip that changes nothing read (the case of a hex digit of the checksum) leaves
+            // the very same state.
+            Ok((_, loaded)) if loaded.torn_tail.is_none() => {
+                prop_assert_eq!(loaded.records, flat(&batches));
+            }
+            // The documented caveat: a damaged last line reads as a torn write and is dropped,
+            // reported. A flip of the newline before the last entry joins the two last entries
+            // into that last line, so both go (found by this test; see the store's docs).
             Ok((_, loaded)) => {
-                let last_start = ends.len().checked_sub(2).map_or(0, |k| ends[k]);
-                prop_assert!(i >= last_start, "a flip at {i}, before the last entry ({last_start}), was accepted");
-                prop_assert!(loaded.torn_tail.is_some());
-                prop_assert_eq!(loaded.records, flat(&batches[..batches.len() - 1]));
+                let n = batches.len();
+                let last_start = n.checked_sub(2).map_or(0, |k| ends[k]);
+                let joined = n >= 2 && i + 1 == last_start;
+                prop_assert!(i >= last_start || joined, "a flip at {i}, before the last entry ({last_start}), was accepted");
+                let kept = if joined { n - 2 } else { n - 1 };
+                prop_assert_eq!(loaded.records, flat(&batches[..kept]));
             }
             Err(StoreError::Corrupt { .. }) => {}
             Err(e) => return Err(TestCaseError::fail(format!("unexpected error: {e}"))),

@@ -142,6 +142,24 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 }
 
 /// Time of one root request on a fresh connection.
+/// Root's slowest `hello` or `key.put` over `n` rounds (keys `{prefix}-{i}`), each printed.
+fn root_worst(d: &Daemon, prefix: &str, n: usize) -> Duration {
+    let mut worst = Duration::ZERO;
+    for i in 0..n {
+        let (t1, hello) = timed(d, json!({"op": "hello"}));
+        ok(hello);
+        let (t2, put) = timed(
+            d,
+            json!({"op": "key.put", "key": {"key": format!("{prefix}-{i}"), "port": "syd-1",
+                "single_use": false, "max_speed_mbps": 100}}),
+        );
+        ok(put);
+        worst = worst.max(t1).max(t2);
+        eprintln!("root hello {t1:?}, key.put {t2:?}");
+    }
+    worst
+}
+
 fn timed(d: &Daemon, request: Value) -> (Duration, Value) {
     let start = Instant::now();
     let answer = d.call(request);
@@ -295,19 +313,7 @@ print(json.dumps({"open": len(socks), "failed": failed}))
     // the attacker keeps stay open while the asserted calls run.
     let (drain, _) = timed(&d, json!({"op": "hello"}));
     eprintln!("root's first hello behind the refused flood: {drain:?}");
-    let mut worst = Duration::ZERO;
-    for i in 0..20 {
-        let (t1, hello) = timed(&d, json!({"op": "hello"}));
-        ok(hello);
-        let (t2, put) = timed(
-            &d,
-            json!({"op": "key.put", "key": {"key": format!("k-{i}"), "port": "syd-1",
-                "single_use": false, "max_speed_mbps": 100}}),
-        );
-        ok(put);
-        worst = worst.max(t1).max(t2);
-        eprintln!("root hello {t1:?}, key.put {t2:?}");
-    }
+    let worst = root_worst(&d, "k", 20);
     let elapsed = started.elapsed();
     let cpu = cpu_ticks(pid) - cpu_before;
     let log_growth = d.log().len() - log_before;
@@ -443,19 +449,7 @@ print(json.dumps({"pipelining": len(pipes), "hung_up": int(sys.argv[3])}))
     // As above: the first call, behind the queue of refused connections, is printed only.
     let (drain, _) = timed(&d, json!({"op": "hello"}));
     eprintln!("root's first hello behind the attack: {drain:?}");
-    let mut worst = Duration::ZERO;
-    for i in 0..10 {
-        let (t1, hello) = timed(&d, json!({"op": "hello"}));
-        ok(hello);
-        let (t2, put) = timed(
-            &d,
-            json!({"op": "key.put", "key": {"key": format!("r-{i}"), "port": "syd-1",
-                "single_use": false, "max_speed_mbps": 100}}),
-        );
-        ok(put);
-        worst = worst.max(t1).max(t2);
-        eprintln!("root hello {t1:?}, key.put {t2:?}");
-    }
+    let worst = root_worst(&d, "r", 10);
     let hwm = vm_hwm_kib(pid);
     eprintln!(
         "2000 keys, attacker {report}: root's worst hello/key.put {worst:?}; daemon VmHWM {hwm} kB"

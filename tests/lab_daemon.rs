@@ -8,6 +8,7 @@
 mod lab;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -734,6 +735,125 @@ lab::lab_tests! {
         topo.edge.ip("link del prov0.101");
         let vxc = vxcd.ok(vxc_put("vxc-y", "key-y", AEnd::Vlan(201), 100))["vxc"].clone();
         assert_up(&vxc, "cust0.201", "prov0.101");
+    }
+
+    /// Issue 7: VXCs across compaction points (a compaction every 20 records): puts from
+    /// single-use keys (two records each) and a multi-use key, deletes, SIGTERM and restart;
+    /// then bursts of puts and of deletes cut by kill -9. After every restart each acknowledged
+    /// VXC is there (up, in the kernel), each acknowledged delete stays gone, and nothing else
+    /// is (at most the one request in flight).
+    fn vxcs_cross_compaction_points_through_restarts_and_kill9() {
+        let topo = Topology::new();
+        // `extra` follows the [state] table's `dir`, so a leading key lands in [state]; the
+        // snapshot seq checked below proves the setting took.
+        let mut vxcd = Vxcd::start(&topo.edge, PORTS, "compact_every = 20");
+        let state_dir = |vxcd: &Vxcd| PathBuf::from(vxcd.status()["store"]["dir"].as_str().expect("store.dir"));
+        let snapshot_seq = |dir: &std::path::Path| -> u64 {
+            let text = std::fs::read_to_string(dir.join("snapshot.json")).expect("snapshot.json");
+            let header: Value = serde_json::from_str(text.lines().next().expect("header")).expect("header");
+            header["seq"].as_u64().expect("seq")
+        };
+        let ids_of = |vxcs: &[Value]| -> BTreeSet<String> {
+            vxcs.iter().map(|v| v["id"].as_str().expect("id").to_string()).collect()
+        };
+        // After a restart: `must` all there, nothing outside `must` and `may`, all up, and the
+        // kernel holding exactly their ends. Returns what is there.
+        let check = |vxcd: &Vxcd, must: &BTreeSet<String>, may: &BTreeSet<String>, what: &str| {
+            let vxcs = vxcd.vxcs();
+            let ids = ids_of(&vxcs);
+            let missing: Vec<&String> = must.difference(&ids).collect();
+            assert!(missing.is_empty(), "{what}: acknowledged {missing:?} missing\n{}", vxcd.log());
+            let extra: Vec<&String> = ids.difference(must).filter(|id| !may.contains(*id)).collect();
+            assert!(extra.is_empty(), "{what}: VXCs neither acknowledged nor in flight: {extra:?}\n{}", vxcd.log());
+            for v in &vxcs {
+                assert_eq!(v["state"], json!("up"), "{what}: {v}");
+            }
+            let ends = end_interfaces(&vxcs);
+            assert_eq!(owned_links(&topo.edge), ends, "{what}: owned subinterfaces\n{}", vxcd.log());
+            assert_eq!(shaped_interfaces(&topo.edge), ends, "{what}: vxcd's TBFs");
+            ids
+        };
+
+        // 10 single-use keys and their VXCs (30 records), 15 VXCs on a multi-use key, 8 deletes.
+        let mut expected = BTreeSet::new();
+        for i in 0..10u16 {
+            vxcd.ok(single_use_key(&format!("key-u{i}"), "prov", 500 + i));
+            let id = format!("vxc-u{i}");
+            vxcd.ok(vxc_put(&id, &format!("key-u{i}"), AEnd::Assigned, 10));
+            expected.insert(id);
+        }
+        vxcd.ok(multi_use_key("key-m", "prov"));
+        for i in 0..15 {
+            let id = format!("vxc-m{i}");
+            vxcd.ok(vxc_put(&id, "key-m", AEnd::Assigned, 10));
+            expected.insert(id);
+        }
+        let mut deleted = BTreeSet::new();
+        for id in ["vxc-u1", "vxc-u4", "vxc-u9", "vxc-m0", "vxc-m3", "vxc-m7", "vxc-m11", "vxc-m14"] {
+            assert_eq!(vxcd.ok(json!({"op": "vxc.delete", "id": id}))["deleted"], json!(id));
+            expected.remove(id);
+            deleted.insert(id.to_string());
+        }
+        let store = vxcd.status()["store"].clone();
+        assert_eq!(store["ok"], json!(true), "{store}");
+        let written = store["last_seq"].as_u64().expect("last_seq");
+        assert!(written >= 54, "{store}");
+        let dir = state_dir(&vxcd);
+        assert!(snapshot_seq(&dir) >= 40, "two compaction points crossed: {store}");
+        assert!(store["journal_records"].as_u64().expect("journal_records") < 20, "{store}");
+        let status = vxcd.terminate();
+        assert!(status.success(), "SIGTERM: {status}\n{}", vxcd.log());
+        vxcd.launch();
+        let ids = check(&vxcd, &expected, &BTreeSet::new(), "after SIGTERM");
+        assert!(ids.is_disjoint(&deleted), "deleted VXCs came back: {:?}", ids.intersection(&deleted).collect::<Vec<_>>());
+
+        // A burst of puts cut by kill -9 after 60 acknowledgements (three compaction points).
+        let (acked, in_flight) = burst_then_kill(&mut vxcd, &topo.edge, 0, KillAt::Acked(60));
+        expected.extend(acked);
+        vxcd.launch();
+        let ids = check(&vxcd, &expected, &BTreeSet::from([in_flight.clone()]), "after kill -9 in puts");
+        assert!(ids.is_disjoint(&deleted));
+        expected = ids;
+
+        // A burst of deletes cut by kill -9 after 42 acknowledgements (two more points).
+        let victims: Vec<String> = expected.iter().filter(|id| id.starts_with("burst-")).cloned().collect();
+        assert!(victims.len() >= 60, "{victims:?}");
+        let acked_deletes = Arc::new(Mutex::new(Vec::<String>::new()));
+        let deleting = {
+            let acked_deletes = acked_deletes.clone();
+            let mut client = vxcd.client();
+            let victims = victims.clone();
+            std::thread::spawn(move || {
+                for id in victims {
+                    match client.call(&json!({"op": "vxc.delete", "id": id})) {
+                        Some(answer) => {
+                            assert_eq!(answer["ok"], json!(true), "{id}: {answer}");
+                            acked_deletes.lock().unwrap().push(id);
+                        }
+                        None => return,
+                    }
+                }
+            })
+        };
+        wait_until(LIMIT, "acknowledged deletes", || acked_deletes.lock().unwrap().len() >= 42);
+        let seq_before_kill = snapshot_seq(&dir);
+        vxcd.kill9();
+        deleting.join().expect("delete thread");
+        let acked_deletes = acked_deletes.lock().unwrap().clone();
+        let in_flight = victims.get(acked_deletes.len()).cloned();
+        eprintln!("killed after {} acknowledged deletes; {in_flight:?} was in flight", acked_deletes.len());
+        let mut must = expected.clone();
+        for id in &acked_deletes {
+            must.remove(id);
+            deleted.insert(id.clone());
+        }
+        let may: BTreeSet<String> = in_flight.into_iter().collect();
+        must.retain(|id| !may.contains(id));
+        vxcd.launch();
+        let ids = check(&vxcd, &must, &may, "after kill -9 in deletes");
+        assert!(ids.is_disjoint(&deleted), "deleted VXCs came back: {:?}", ids.intersection(&deleted).collect::<Vec<_>>());
+        assert!(snapshot_seq(&dir) >= seq_before_kill, "snapshots only move on");
+        assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 }
 

@@ -717,6 +717,8 @@ impl Engine {
                 ok: store_error.is_none(),
                 error: store_error,
                 dir: self.store.dir().display().to_string(),
+                last_seq: self.store.last_seq(),
+                journal_records: self.store.journal_len(),
             },
         }
     }

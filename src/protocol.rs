@@ -350,6 +350,12 @@ pub struct StoreStatus {
     pub ok: bool,
     pub error: Option<String>,
     pub dir: String,
+    /// Sequence number of the last record written.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// Records in the journal since the last snapshot (a compaction empties it).
+    #[serde(default)]
+    pub journal_records: usize,
 }
 
 /// `status.inspector`.

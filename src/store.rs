@@ -48,12 +48,15 @@
 //! Two lines, each one JSON document (so `jq . snapshot.json` shows both):
 //!
 //! ```text
-//! {"format":"vxcd-state","version":1,"seq":17,"len":5321,"crc32":"0a1b2c3d"}
+//! {"format":"vxcd-state","version":2,"seq":17,"len":5321,"crc32":"0a1b2c3d"}
 //! <the state as compact JSON, exactly len bytes>
 //! ```
 //!
 //! `seq` is the last journal record the state includes (0: none); `crc32` is the CRC-32
-//! of the `len` state bytes. The file is written to `snapshot.json.tmp`, synced, renamed
+//! of `"<seq> <len> "` followed by the `len` state bytes. The header's numbers are under the
+//! checksum because a flipped `seq` would otherwise make replay skip acknowledged records
+//! silently (found by fuzzing). Version 1 (checksum of the state bytes only) is still read, so
+//! an upgrade opens its old snapshot; the next compaction writes version 2. The file is written to `snapshot.json.tmp`, synced, renamed
 //! over `snapshot.json` and the directory synced; only then is the journal truncated. A
 //! crash between the rename and the truncation leaves journal records the snapshot
 //! already includes; replay skips every record with a sequence number `<= seq` (and open
@@ -115,7 +118,9 @@ const SNAPSHOT_TMP_FILE: &str = "snapshot.json.tmp";
 const JOURNAL_FILE: &str = "journal.log";
 const LOCK_FILE: &str = "lock";
 const SNAPSHOT_FORMAT: &str = "vxcd-state";
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
+/// The version whose checksum covers the state bytes only; read, never written.
+const SNAPSHOT_VERSION_STATE_ONLY: u32 = 1;
 /// How many bytes of a torn tail [`TornTail::preview`] shows: enough to recognise it.
 const PREVIEW_BYTES: usize = 80;
 /// Mode of the state directory and of every file in it, whatever the umask: the journal holds
@@ -581,13 +586,24 @@ fn encode_snapshot<S: Serialize>(seq: u64, state: &S) -> serde_json::Result<Vec<
         version: SNAPSHOT_VERSION,
         seq,
         len: state_json.len() as u64,
-        crc32: format!("{:08x}", crc32fast::hash(&state_json)),
+        crc32: snapshot_crc(SNAPSHOT_VERSION, seq, &state_json),
     };
     let mut content = serde_json::to_vec(&header)?;
     content.push(b'\n');
     content.extend_from_slice(&state_json);
     content.push(b'\n');
     Ok(content)
+}
+
+/// The snapshot checksum: over the header's `seq` and `len` and the state (version 2), or over
+/// the state alone (version 1).
+fn snapshot_crc(version: u32, seq: u64, state_json: &[u8]) -> String {
+    let mut hasher = crc32fast::Hasher::new();
+    if version != SNAPSHOT_VERSION_STATE_ONLY {
+        hasher.update(format!("{seq} {} ", state_json.len()).as_bytes());
+    }
+    hasher.update(state_json);
+    format!("{:08x}", hasher.finalize())
 }
 
 /// Reads `snapshot.json`: `(None, 0)` if absent, else the state and the last seq it holds.
@@ -609,12 +625,13 @@ fn read_snapshot<S: DeserializeOwned>(path: &Path) -> Result<(Option<S>, u64), S
         .ok_or_else(|| corrupt(1, 0, "no header line (file has no newline)".to_string()))?;
     let header: SnapshotHeader = serde_json::from_slice(&content[..header_end])
         .map_err(|e| corrupt(1, 0, format!("header is not a snapshot header: {e}")))?;
-    if header.format != SNAPSHOT_FORMAT || header.version != SNAPSHOT_VERSION {
+    let known = [SNAPSHOT_VERSION, SNAPSHOT_VERSION_STATE_ONLY];
+    if header.format != SNAPSHOT_FORMAT || !known.contains(&header.version) {
         return Err(corrupt(
             1,
             0,
             format!(
-                "format {:?} version {}; this vxcd reads only {SNAPSHOT_FORMAT:?} version {SNAPSHOT_VERSION}",
+                "format {:?} version {}; this vxcd reads only {SNAPSHOT_FORMAT:?} versions {SNAPSHOT_VERSION_STATE_ONLY} and {SNAPSHOT_VERSION}",
                 header.format, header.version
             ),
         ));
@@ -634,7 +651,7 @@ fn read_snapshot<S: DeserializeOwned>(path: &Path) -> Result<(Option<S>, u64), S
         ));
     }
     let state_json = &body[..expected_len];
-    let crc = format!("{:08x}", crc32fast::hash(state_json));
+    let crc = snapshot_crc(header.version, header.seq, state_json);
     if crc != header.crc32 {
         return Err(corrupt(
             2,
@@ -982,7 +999,7 @@ mod tests {
         assert_eq!(store.last_seq(), 12);
         let header = fs::read_to_string(tmp.path().join(SNAPSHOT_FILE)).unwrap();
         assert!(
-            header.starts_with(r#"{"format":"vxcd-state","version":1,"seq":10,"#),
+            header.starts_with(r#"{"format":"vxcd-state","version":2,"seq":10,"#),
             "{header}"
         );
     }
@@ -1208,12 +1225,12 @@ mod tests {
         );
 
         let other_version = String::from_utf8(good.clone()).unwrap().replacen(
-            r#""version":1"#,
             r#""version":2"#,
+            r#""version":3"#,
             1,
         );
         fs::write(&path, other_version).unwrap();
-        assert_corrupt(open_err(tmp.path()), &path, 1, 0, "version 2");
+        assert_corrupt(open_err(tmp.path()), &path, 1, 0, "version 3");
 
         fs::write(&path, b"").unwrap();
         assert_corrupt(open_err(tmp.path()), &path, 1, 0, "no header line");
@@ -1463,5 +1480,61 @@ mod tests {
         store.append(&rec(2)).unwrap();
         drop(store);
         assert_eq!(open(tmp.path()).1.records, vec![rec(1), rec(2)]);
+    }
+
+    #[test]
+    fn a_flipped_snapshot_seq_is_refused_not_a_silent_skip() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (mut store, _) = open(tmp.path());
+            for i in 1..=8 {
+                store.append(&rec(i)).unwrap();
+            }
+            store
+                .compact(&(1..=8).map(rec).collect::<Vec<_>>())
+                .unwrap();
+            store.append(&rec(9)).unwrap();
+        }
+        let path = tmp.path().join(SNAPSHOT_FILE);
+        let good = fs::read_to_string(&path).unwrap();
+        // "seq":8 -> "seq":9 (one bit): replay would skip the acknowledged record 9.
+        let flipped = good.replacen(r#""seq":8"#, r#""seq":9"#, 1);
+        assert_ne!(flipped, good);
+        fs::write(&path, &flipped).unwrap();
+        assert_corrupt(
+            open_err(tmp.path()),
+            &path,
+            2,
+            (good.find('\n').unwrap() + 1) as u64,
+            "checksum",
+        );
+        fs::write(&path, &good).unwrap();
+        assert_eq!(open(tmp.path()).1.records, vec![rec(9)]);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_still_read_and_rewritten_as_version_2() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = vec![rec(1), rec(2)];
+        let state_json = serde_json::to_vec(&state).unwrap();
+        let header = format!(
+            r#"{{"format":"vxcd-state","version":1,"seq":2,"len":{},"crc32":"{:08x}"}}"#,
+            state_json.len(),
+            crc32fast::hash(&state_json)
+        );
+        let mut content = header.into_bytes();
+        content.push(b'\n');
+        content.extend_from_slice(&state_json);
+        content.push(b'\n');
+        fs::write(tmp.path().join(SNAPSHOT_FILE), &content).unwrap();
+        let (mut store, loaded) = open(tmp.path());
+        assert_eq!(loaded.snapshot, Some(state.clone()));
+        assert_eq!(store.last_seq(), 2);
+        store.compact(&state).unwrap();
+        let rewritten = fs::read_to_string(tmp.path().join(SNAPSHOT_FILE)).unwrap();
+        assert!(
+            rewritten.starts_with(r#"{"format":"vxcd-state","version":2,"#),
+            "{rewritten}"
+        );
     }
 }

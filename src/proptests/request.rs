@@ -37,6 +37,15 @@ proptest! {
         }
     }
 
+    /// Any request id is echoed exactly, floats included (serde_json's `float_roundtrip`: without
+    /// it 1.2895780495127825e84 came back as ...823e84).
+    #[test]
+    fn a_float_id_is_echoed_exactly(id in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        let line = format!(r#"{{"id": {}, "op": "hello"}}"#, serde_json::to_string(&id).expect("id"));
+        let req = parse_request(line.as_bytes()).map_err(|(_, f)| TestCaseError::fail(f.message))?;
+        prop_assert_eq!(req.id.as_f64(), Some(id));
+    }
+
     /// A key.put built from random valid values parses back to exactly those values.
     #[test]
     fn valid_key_puts_round_trip(

@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Access;
-use crate::engine::Engine;
+use crate::engine::{Engine, Reader};
 use crate::protocol::{self, Failure, Op, Request};
 
 /// Who is on the other end of a connection.
@@ -23,14 +23,46 @@ pub struct Peer {
     pub uid: u32,
 }
 
-/// The shared state of the server: the engine behind one lock (requests are applied one at a time,
-/// in arrival order) and the access rules.
+/// The shared state of the server: the engine behind one lock (changes are applied one at a time,
+/// in arrival order), the read side that answers reads without that lock, and the access rules.
 pub struct Control {
     pub engine: tokio::sync::Mutex<Engine>,
+    pub reader: Reader,
     pub access: Access,
+    /// Readers' list answers computed at once (root and the writers do not wait for it): the
+    /// work of a reader flood is bounded by the cores, not by the connections.
+    heavy_reads: Semaphore,
+    /// Bytes buffered across all connections (`control.buffer_budget_mib`): partial request
+    /// lines beyond [`FREE_BUFFER`] each, and readers' answers computed but not yet written
+    /// beyond [`FREE_ANSWER`] each.
+    budget: Arc<Semaphore>,
+    budget_bytes: usize,
+}
+
+/// Bytes of an answer any connection may hold without drawing on the budget (2,000 connections
+/// holding this much each stay within 32 MiB).
+const FREE_ANSWER: usize = 16 * 1024;
+
+/// What a read answer holds of the answer budget until it is written.
+pub struct AnswerHold {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Control {
+    pub fn new(engine: Engine, access: Access) -> Self {
+        let reader = engine.reader();
+        let budget_bytes = access.buffer_budget.min(Semaphore::MAX_PERMITS);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Control {
+            engine: tokio::sync::Mutex::new(engine),
+            reader,
+            access,
+            heavy_reads: Semaphore::new(cores),
+            budget: Arc::new(Semaphore::new(budget_bytes)),
+            budget_bytes,
+        }
+    }
+
     fn may_change(&self, peer: Peer) -> bool {
         peer.uid == 0 || self.access.writer_uids.contains(&peer.uid)
     }
@@ -40,14 +72,15 @@ impl Control {
         self.answer_while(request, peer, || true).await
     }
 
-    /// Answers one parsed request unless `alive` says, once the engine lock is held, that the
-    /// peer has gone: an answer nobody reads is not worth holding the lock for.
+    /// Answers one parsed request unless `alive` says, once it is its turn, that the peer has
+    /// gone: an answer nobody reads is not worth computing.
     pub async fn answer_while(
         &self,
         request: Request,
         peer: Peer,
         alive: impl Fn() -> bool,
     ) -> Result<serde_json::Value, Failure> {
+        let gone = || Failure::new("gone", "the peer closed the connection");
         if request.op.needs_writer() && !self.may_change(peer) {
             return Err(Failure::new(
                 "unauthorized",
@@ -58,23 +91,75 @@ impl Control {
                 ),
             ));
         }
-        if let Op::Verify { id } = &request.op {
-            // Probing takes up to seconds: take what to probe under the lock, probe without it.
-            let engine = self.engine.lock().await;
-            if !alive() {
-                return Err(Failure::new("gone", "the peer closed the connection"));
+        match &request.op {
+            Op::Verify { id } => {
+                // Probing takes up to seconds: neither the engine nor other requests wait for it.
+                let specs = self.reader.state().verify_specs(id.as_deref())?;
+                return tokio::task::spawn_blocking(move || crate::engine::run_verify(specs))
+                    .await
+                    .map_err(|e| Failure::internal(format!("verify stopped: {e}")));
             }
-            let specs = engine.verify_specs(id.as_deref())?;
-            drop(engine);
-            return tokio::task::spawn_blocking(move || crate::engine::run_verify(specs))
-                .await
-                .map_err(|e| Failure::internal(format!("verify stopped: {e}")));
+            Op::PortList {} => {
+                return Ok(serde_json::json!({"ports": self.reader.port_views().await}));
+            }
+            Op::KeyList {} | Op::VxcList {} => {
+                // O(state): computed on a blocking thread, so that the runtime's threads stay
+                // free for root's requests, and at most one per core for readers.
+                let _turn = if self.may_change(peer) {
+                    None
+                } else {
+                    Some(self.heavy_reads.acquire().await.map_err(|_| gone())?)
+                };
+                if !alive() {
+                    return Err(gone());
+                }
+                let state = self.reader.state();
+                let op = request.op;
+                return tokio::task::spawn_blocking(move || state.answer(&op))
+                    .await
+                    .map_err(|e| Failure::internal(format!("read stopped: {e}")))?
+                    .unwrap_or_else(|| Err(Failure::internal("not a read")));
+            }
+            op if crate::engine::is_read(op) => {
+                if let Some(answer) = self.reader.state().answer(op) {
+                    return answer;
+                }
+            }
+            _ => {}
         }
         let mut engine = self.engine.lock().await;
         if !alive() {
-            return Err(Failure::new("gone", "the peer closed the connection"));
+            return Err(gone());
         }
         engine.handle(request.op).await
+    }
+
+    /// Makes an answer of `len` bytes for `peer` count against the answer budget until the hold
+    /// is dropped (after the write). Root's and the writers' answers, and small ones, are free.
+    /// `None`: the budget cannot cover it now; the caller drops the answer, waits with
+    /// [`Control::wait_for_answer_budget`] and computes it again (a read), so what waits is a
+    /// request, not its answer.
+    pub fn hold_answer(&self, peer: Peer, len: usize) -> Option<AnswerHold> {
+        if self.may_change(peer) || len <= FREE_ANSWER {
+            return Some(AnswerHold { _permit: None });
+        }
+        let n = u32::try_from(len.min(self.budget_bytes)).ok()?;
+        self.budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(|p| AnswerHold { _permit: Some(p) })
+    }
+
+    /// Waits until the answer budget can cover `len` bytes, and holds them.
+    pub async fn wait_for_answer_budget(&self, len: usize) -> Option<AnswerHold> {
+        let n = u32::try_from(len.min(self.budget_bytes)).ok()?;
+        self.budget
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .ok()
+            .map(|p| AnswerHold { _permit: Some(p) })
     }
 }
 
@@ -300,8 +385,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let counts = Arc::new(Mutex::new(Counts::default()));
-    let budget_bytes = control.access.buffer_budget.min(Semaphore::MAX_PERMITS);
-    let budget = Arc::new(Semaphore::new(budget_bytes));
+    let budget = control.budget.clone();
     let mut accept_log = RateLog::new();
     let mut refusal_log = RateLog::new();
     let mut backoff = Duration::ZERO;
@@ -474,11 +558,31 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let Some((answer, _hold)) = respond(line, peer, fd, &control, &mut shutdown).await else {
+            return;
+        };
+        if !send(&mut stream, answer, idle).await {
+            return;
+        }
+    }
+}
+
+/// The answer line to one request line, and what it holds of the budget until it is written;
+/// `None` when the peer has gone or the daemon stops.
+async fn respond(
+    line: &[u8],
+    peer: Peer,
+    fd: RawFd,
+    control: &Control,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(String, AnswerHold)> {
+    let mut reserved = None;
+    loop {
         let answer = match protocol::parse_request(line) {
             Err((id, failure)) => protocol::failure_line(&id, &failure),
             Ok(request) => {
                 if !peer_connected(fd) {
-                    return;
+                    return None;
                 }
                 let id = request.id.clone();
                 match control
@@ -486,14 +590,26 @@ async fn connection(
                     .await
                 {
                     Ok(result) => protocol::success_line(&id, result),
-                    Err(failure) if failure.code == "gone" => return,
+                    Err(failure) if failure.code == "gone" => return None,
                     Err(failure) => protocol::failure_line(&id, &failure),
                 }
             }
         };
-        if !send(&mut stream, answer, idle).await {
-            return;
+        if let Some(hold) = reserved.take() {
+            return Some((answer, hold));
         }
+        if let Some(hold) = control.hold_answer(peer, answer.len()) {
+            return Some((answer, hold));
+        }
+        // Unread answers of other readers fill the budget: drop this one rather than hold it,
+        // wait until its size fits, then answer again (only reads are this large, so answering
+        // again changes nothing). The bytes held are bounded; the wait is the reader's.
+        let len = answer.len();
+        drop(answer);
+        reserved = tokio::select! {
+            hold = control.wait_for_answer_budget(len) => Some(hold?),
+            _ = shutdown.changed() => return None,
+        };
     }
 }
 

@@ -189,10 +189,7 @@ async fn run(config: Config) -> Result<(), String> {
     engine.set_compact_every(config.state.compact_every);
     engine.reconcile().await;
     engine.start_inspector(config.inspector());
-    let control = Arc::new(Control {
-        engine: tokio::sync::Mutex::new(engine),
-        access,
-    });
+    let control = Arc::new(Control::new(engine, access));
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, control.clone(), stopped.clone()));
     tokio::spawn(vxcd::reconcile::run(

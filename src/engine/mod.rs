@@ -1,0 +1,539 @@
+//! The engine: the one owner of the model, the state store and the dataplane. Every change and
+//! every reconciliation goes through it, one at a time, in this order: check the rules (domain),
+//! program the kernel (dataplane, atomic per request), make the change durable (store), then
+//! commit it to the published state (read side) and answer. A failure at any step undoes the
+//! steps before it, so what was acknowledged is always in the state and the kernel, and nothing
+//! else is. Reads never come here: they are answered from the published state ([`read`]).
+
+mod read;
+mod record;
+mod verify;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::config::Port;
+use crate::dataplane::{self, Dataplane, VxcOutcome, VxcSpec, VxcStatus as PlanStatus};
+use crate::domain::{Change, Model, RuleError, Vxc, VxcId};
+use crate::inspector::{self, InspectConfig, Inspector};
+use crate::protocol::{Failure, Op, StoreStatus};
+use crate::store::Store;
+
+pub use read::{is_read, Published, ReadState, Reader, VxcState};
+pub use record::{load_state, Record, Snapshot};
+pub use verify::run_verify;
+
+pub struct Engine {
+    store: Store<Record>,
+    dataplane: Dataplane,
+    /// The model and what readers see, edited only here, after each commit.
+    published: Published,
+    /// False: observe-only, drift is reported but not repaired.
+    repair: bool,
+    /// Journal length at which the state is compacted into a new snapshot (`state.compact_every`).
+    /// Compaction is O(state), so doing it every N records keeps the cost per change constant.
+    compact_every: usize,
+}
+
+fn missing_text(missing: &[(String, String)]) -> String {
+    let parts: Vec<String> = missing
+        .iter()
+        .map(|(port, interface)| format!("port {port}: interface {interface} is missing"))
+        .collect();
+    parts.join("; ")
+}
+
+/// Whether this kernel can make 802.1Q subinterfaces: the module is loaded (or built in), or
+/// can be loaded on first use.
+pub fn kernel_has_8021q() -> bool {
+    if Path::new("/proc/net/vlan").exists() {
+        return true;
+    }
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let dir = Path::new("/lib/modules").join(release.trim());
+    ["modules.builtin", "modules.dep"].iter().any(|file| {
+        std::fs::read_to_string(dir.join(file))
+            .map(|text| text.lines().any(|l| l.contains("/8021q.ko")))
+            .unwrap_or(false)
+    })
+}
+
+fn store_status(store: &Store<Record>, error: Option<String>) -> StoreStatus {
+    StoreStatus {
+        ok: error.is_none(),
+        error,
+        dir: store.dir().display().to_string(),
+        last_seq: store.last_seq(),
+        journal_records: store.journal_len(),
+    }
+}
+
+impl Engine {
+    pub fn new(
+        model: Model,
+        store: Store<Record>,
+        dataplane: Dataplane,
+        ports: &[Port],
+        repair: bool,
+    ) -> Self {
+        let published = Published::new(ReadState {
+            model,
+            ports: ports
+                .iter()
+                .map(|p| (p.name.clone(), p.interface.clone()))
+                .collect(),
+            states: HashMap::new(),
+            started: Instant::now(),
+            last_reconcile: None,
+            drift_repairs: 0,
+            kernel_8021q: kernel_has_8021q(),
+            store: store_status(&store, None),
+            inspector: None,
+        });
+        Engine {
+            store,
+            dataplane,
+            published,
+            repair,
+            compact_every: crate::config::DEFAULT_COMPACT_EVERY,
+        }
+    }
+
+    /// The read side, for the server: answers from what this engine publishes.
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.published.clone(), self.dataplane.clone())
+    }
+
+    /// Sets the journal length that triggers a compaction (at least 1).
+    pub fn set_compact_every(&mut self, records: usize) {
+        self.compact_every = records.max(1);
+    }
+
+    /// Publishes the store's health (and counters) for `status`.
+    fn publish_store(&self, error: Option<String>) {
+        let status = store_status(&self.store, error);
+        self.published.edit(|s| {
+            if s.store != status {
+                s.store = status;
+            }
+        });
+    }
+
+    /// Why the store refuses writes (`None`: healthy). Tries the repair first, so a store that
+    /// failed on a full disk reports healthy again as soon as the disk has room.
+    pub fn store_failure(&mut self) -> Option<String> {
+        let failure = self.store.recover().err().map(|e| e.to_string());
+        self.publish_store(failure.clone());
+        failure
+    }
+
+    /// Starts passive inspection of the ports (`None`: inspection off).
+    pub fn start_inspector(&mut self, cfg: Option<InspectConfig>) {
+        let Some(cfg) = cfg else {
+            log::info!("packet inspection is off");
+            return;
+        };
+        let expectation = self.published.load().expectation();
+        match Inspector::start(cfg, expectation) {
+            Ok(inspector) => {
+                let inspector = Arc::new(inspector);
+                self.published.edit(|s| s.inspector = Some(inspector));
+            }
+            Err(e) => log::error!("packet inspection could not start: {e}"),
+        }
+    }
+
+    /// A VXC was created or deleted: the inspector learns it before the answer goes out (a VXC
+    /// in the kernel but not in the inspector's tables would have its frames counted as
+    /// violations, its egress logged as vxcd sending wrong tags). Only the VXC's two ports are
+    /// rebuilt, from the model's per-port index: the cost is bounded by the ends on those
+    /// ports (at most one per VLAN), not by the VXCs on the host.
+    fn inspect_changed(&self, vxc: &Vxc) {
+        let state = self.published.load();
+        let Some(inspector) = &state.inspector else {
+            return;
+        };
+        let touched: Vec<(String, String)> = [&vxc.a_end.port, &vxc.b_end.port]
+            .into_iter()
+            .filter_map(|p| Some((p.to_string(), state.ports.get(p)?.clone())))
+            .collect();
+        let mut ids = std::collections::HashSet::new();
+        let specs: Vec<VxcSpec> = [&vxc.a_end.port, &vxc.b_end.port]
+            .into_iter()
+            .flat_map(|p| state.model.vxcs_on_port(p))
+            .filter(|v| ids.insert(v.id.clone()))
+            .filter_map(|v| state.spec(v))
+            .collect();
+        let expectation = inspector::Expectation::from_vxcs(&touched, &specs);
+        let ports: Vec<_> = expectation
+            .ports
+            .into_iter()
+            .filter(|p| {
+                touched
+                    .iter()
+                    .any(|(_, interface)| *interface == p.interface)
+            })
+            .collect();
+        inspector.update_ports(&ports);
+    }
+
+    /// Hands the inspector the current expectation (it also retries ports that were missing).
+    fn refresh_inspector(&self) {
+        let state = self.published.load();
+        if let Some(inspector) = &state.inspector {
+            inspector.update(state.expectation());
+        }
+    }
+
+    fn unconfigured(vxc: &Vxc) -> VxcState {
+        VxcState::Pending(format!(
+            "port {} or {} is not in the config",
+            vxc.a_end.port, vxc.b_end.port
+        ))
+    }
+
+    fn spec(&self, vxc: &Vxc) -> Option<VxcSpec> {
+        self.published.load().spec(vxc)
+    }
+
+    /// Applies one operation that changes state (authorization was checked by the server).
+    /// A read is answered here too, from the published state, for callers without a reader.
+    pub async fn handle(&mut self, op: Op) -> Result<Value, Failure> {
+        let answer = self.dispatch(op).await;
+        // Only here, after the change is committed to the model, may the model be written as the
+        // snapshot that replaces the journal: compacting inside `persist` (before the commit) wrote
+        // a snapshot without the change that triggered it, then emptied the journal that held it.
+        if self.store.journal_len() >= self.compact_every {
+            self.compact();
+        }
+        answer
+    }
+
+    async fn dispatch(&mut self, op: Op) -> Result<Value, Failure> {
+        let now = OffsetDateTime::now_utc();
+        match op {
+            Op::KeyDelete { key } => Err(RuleError::KeyNotRemovable { key }.into()),
+            Op::KeyPut { key } => self.put_key(&key, now),
+            Op::VxcPut { vxc } => self.put_vxc(&vxc, now).await,
+            Op::VxcDelete { id } => self.delete_vxc(&id).await,
+            Op::PortList {} => Ok(json!({"ports": self.reader().port_views().await})),
+            Op::Verify { id } => {
+                let specs = self.published.load().verify_specs(id.as_deref())?;
+                Ok(run_verify(specs))
+            }
+            read => match self.published.load().answer(&read) {
+                Some(answer) => answer,
+                None => Err(Failure::internal(format!("{read:?} has no handler"))),
+            },
+        }
+    }
+
+    fn put_key(
+        &mut self,
+        req: &crate::domain::KeyRequest,
+        now: OffsetDateTime,
+    ) -> Result<Value, Failure> {
+        let change = self.published.load().model.plan_key(req)?;
+        let key = change.after().clone();
+        if !matches!(change, Change::Unchanged(_)) {
+            self.persist(&[Record::Key { key: key.clone() }])?;
+            log::info!(key = key.id.as_str(), port = key.port.as_str(); "service key {} stored", key.id);
+            self.published.edit(|s| s.model.commit_key(change));
+        }
+        Ok(json!({"key": self.published.load().key_view(&key, now)}))
+    }
+
+    async fn put_vxc(
+        &mut self,
+        req: &crate::domain::VxcRequest,
+        now: OffsetDateTime,
+    ) -> Result<Value, Failure> {
+        let plan = self.published.load().model.plan_vxc(req, now)?;
+        match &plan.change {
+            Change::Unchanged(vxc) => Ok(json!({"vxc": self.published.load().vxc_view(vxc, None)})),
+            Change::Created(vxc) => {
+                let vxc = vxc.clone();
+                let spec = self.spec(&vxc);
+                let state = match &spec {
+                    None => Self::unconfigured(&vxc),
+                    Some(spec) => self.program(spec).await?,
+                };
+                let mut records = Vec::with_capacity(2);
+                if let Some(key) = &plan.key_after {
+                    records.push(Record::Key { key: key.clone() });
+                }
+                records.push(Record::Vxc { vxc: vxc.clone() });
+                if let Err(failure) = self.persist(&records) {
+                    if let (Some(spec), VxcState::Up) = (&spec, &state) {
+                        self.undo(self.dataplane.remove(spec).await, &vxc.id);
+                    }
+                    return Err(failure);
+                }
+                log::info!(
+                    vxc = vxc.id.as_str(), key = vxc.service_key.as_str(),
+                    a_port = vxc.a_end.port.as_str(), a_vlan = vxc.a_end.vlan.map(|v| v.get()).unwrap_or(0),
+                    b_port = vxc.b_end.port.as_str(), b_vlan = vxc.b_end.vlan.get(), rate_mbps = vxc.rate_mbps;
+                    "VXC {} created: {}", vxc.id, state.name()
+                );
+                self.published.edit(|s| {
+                    s.states.insert(vxc.id.clone(), state);
+                    s.model.commit_vxc(plan);
+                });
+                self.inspect_changed(&vxc);
+                Ok(json!({"vxc": self.published.load().vxc_view(&vxc, None)}))
+            }
+            Change::Updated { before, after } => {
+                let (before, after) = (before.clone(), after.clone());
+                let spec = self.spec(&after);
+                let reprogram = before.rate_mbps != after.rate_mbps
+                    && self.published.load().states.get(&after.id) == Some(&VxcState::Up);
+                if let (true, Some(spec)) = (reprogram, &spec) {
+                    self.dataplane
+                        .apply(spec)
+                        .await
+                        .map_err(|e| Failure::dataplane(e.to_string()))?;
+                }
+                if let Err(failure) = self.persist(&[Record::Vxc { vxc: after.clone() }]) {
+                    if let (true, Some(old)) = (reprogram, self.spec(&before)) {
+                        self.undo(self.dataplane.apply(&old).await.map(|_| ()), &after.id);
+                    }
+                    return Err(failure);
+                }
+                log::info!(vxc = after.id.as_str(), rate_mbps = after.rate_mbps; "VXC {} updated", after.id);
+                self.published.edit(|s| s.model.commit_vxc(plan));
+                Ok(json!({"vxc": self.published.load().vxc_view(&after, None)}))
+            }
+        }
+    }
+
+    /// Programs one VXC. A missing port interface makes it pending (it is stored and applied when
+    /// the interface appears); any other kernel refusal refuses the request.
+    async fn program(&mut self, spec: &VxcSpec) -> Result<VxcState, Failure> {
+        match self.dataplane.apply(spec).await {
+            Ok(_) => Ok(VxcState::Up),
+            Err(e) if e.is_port_missing() => Ok(VxcState::Pending(e.to_string())),
+            Err(e) => Err(Failure::dataplane(e.to_string())),
+        }
+    }
+
+    fn undo(&self, result: Result<(), dataplane::DataplaneError>, vxc: &VxcId) {
+        if let Err(e) = result {
+            // The reconciler removes or restores it on its next pass: the state is the truth.
+            log::error!(vxc = vxc.as_str(); "undoing VXC {vxc} in the kernel failed, left to the reconciler: {e}");
+        }
+    }
+
+    async fn delete_vxc(&mut self, id: &str) -> Result<Value, Failure> {
+        let (vxc, was_up) = {
+            let state = self.published.load();
+            let vxc = state.model.plan_delete_vxc(id)?.clone();
+            let was_up = state.states.get(&vxc.id) == Some(&VxcState::Up);
+            (vxc, was_up)
+        };
+        if let Some(spec) = self.spec(&vxc) {
+            self.dataplane
+                .remove(&spec)
+                .await
+                .map_err(|e| Failure::dataplane(e.to_string()))?;
+        }
+        if let Err(failure) = self.persist(&[Record::VxcDeleted { id: vxc.id.clone() }]) {
+            if let (Some(spec), true) = (self.spec(&vxc), was_up) {
+                self.undo(self.dataplane.apply(&spec).await.map(|_| ()), &vxc.id);
+            }
+            return Err(failure);
+        }
+        log::info!(vxc = vxc.id.as_str(); "VXC {} deleted", vxc.id);
+        self.published.edit(|s| {
+            s.model.commit_delete_vxc(&vxc.id);
+            s.states.remove(&vxc.id);
+        });
+        self.inspect_changed(&vxc);
+        Ok(json!({"deleted": vxc.id}))
+    }
+
+    /// Makes records durable. Compaction is left to [`Engine::handle`], after the commit.
+    fn persist(&mut self, records: &[Record]) -> Result<(), Failure> {
+        let written = if records.len() == 1 {
+            self.store.append(&records[0])
+        } else {
+            self.store.append_batch(records)
+        };
+        let failure = written.as_ref().err().map(|e| e.to_string());
+        self.publish_store(failure);
+        written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))
+    }
+
+    /// Writes the whole state as a snapshot. A failure only costs replay time: the journal stays.
+    pub fn compact(&mut self) {
+        let snapshot = {
+            let state = self.published.load();
+            Snapshot {
+                keys: state.model.keys().cloned().collect(),
+                vxcs: state.model.vxcs().cloned().collect(),
+            }
+        };
+        if let Err(e) = self.store.compact(&snapshot) {
+            log::warn!("state compaction failed, journal kept: {e}");
+        }
+        self.publish_store(self.published.load().store.error.clone());
+    }
+
+    /// Compares the kernel with the state and, unless observe-only, repairs the difference. Each
+    /// repair is logged and counted.
+    pub async fn reconcile(&mut self) {
+        let mut desired = Vec::new();
+        let mut unconfigured = Vec::new();
+        let first = {
+            let state = self.published.load();
+            for vxc in state.model.vxcs() {
+                match state.spec(vxc) {
+                    Some(spec) => desired.push(spec),
+                    None => unconfigured.push((vxc.id.clone(), Self::unconfigured(vxc))),
+                }
+            }
+            state.last_reconcile.is_none()
+        };
+        let started = Instant::now();
+        if first {
+            log::info!("converging the kernel to {} VXCs", desired.len());
+        }
+        let outcome = if self.repair {
+            self.converge(&desired).await
+        } else {
+            self.check(&desired).await
+        };
+        let kernel_8021q = kernel_has_8021q();
+        match outcome {
+            Ok((states, repaired)) => {
+                let counts = self.published.edit(|s| {
+                    for (id, state) in unconfigured.into_iter().chain(states) {
+                        set_state(&mut s.states, id, state);
+                    }
+                    s.drift_repairs += repaired;
+                    s.last_reconcile = Some(OffsetDateTime::now_utc());
+                    s.kernel_8021q = kernel_8021q;
+                    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+                    for state in s.states.values() {
+                        *counts.entry(state.name()).or_default() += 1;
+                    }
+                    counts
+                });
+                if first || repaired > 0 {
+                    log::info!(
+                        "reconciled in {:.2} s: {repaired} repairs; VXCs {counts:?}",
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+            }
+            Err(e) => {
+                self.published.edit(|s| {
+                    for (id, state) in unconfigured {
+                        set_state(&mut s.states, id, state);
+                    }
+                });
+                log::error!("reconcile: reading the kernel failed: {e}");
+            }
+        }
+        self.refresh_inspector();
+    }
+
+    /// Repairs the kernel towards `desired`: each VXC's new state and the number of repairs.
+    async fn converge(
+        &mut self,
+        desired: &[VxcSpec],
+    ) -> Result<(Vec<(VxcId, VxcState)>, u64), dataplane::DataplaneError> {
+        let report = self.dataplane.converge(desired).await?;
+        let mut repairs = 0;
+        let mut states = Vec::with_capacity(report.vxcs.len());
+        for (id, outcome) in report.vxcs {
+            let Ok(id) = VxcId::parse("id", &id) else {
+                continue;
+            };
+            let state = match outcome {
+                VxcOutcome::Ok => VxcState::Up,
+                VxcOutcome::Repaired(applied) => {
+                    repairs += 1;
+                    let what: Vec<String> = applied.changes.iter().map(|c| c.to_string()).collect();
+                    log::warn!(vxc = id.as_str(); "VXC {id}: repaired: {}", what.join("; "));
+                    VxcState::Up
+                }
+                VxcOutcome::Pending(missing) => VxcState::Pending(missing_text(&missing)),
+                VxcOutcome::Failed(e) => {
+                    log::error!(vxc = id.as_str(); "VXC {id}: {e}");
+                    VxcState::Failed(e.to_string())
+                }
+            };
+            states.push((id, state));
+        }
+        for orphan in report.orphans_removed {
+            repairs += 1;
+            log::warn!("removed {orphan}: owned by vxcd but part of no VXC in the state");
+        }
+        // Not counted as drift: a port's IPv6 is the host's default, not a change to vxcd's objects.
+        for (port, done) in report.ports_quieted {
+            log::info!(interface = port.as_str(); "port interface {port}: host IPv6 kept off the customer's wire: {}", done.join(", "));
+        }
+        for (port, e) in report.port_failures {
+            log::error!(interface = port.as_str(); "port interface {port}: {e}");
+        }
+        for (orphan, e) in report.orphan_failures {
+            log::error!("removing {orphan}, owned by vxcd but part of no VXC: {e}");
+        }
+        Ok((states, repairs))
+    }
+
+    /// Observe-only: report drift, change nothing.
+    async fn check(
+        &mut self,
+        desired: &[VxcSpec],
+    ) -> Result<(Vec<(VxcId, VxcState)>, u64), dataplane::DataplaneError> {
+        let observed = self.dataplane.observe().await?;
+        let plan = Dataplane::plan(desired, &observed);
+        let mut states = Vec::with_capacity(plan.vxcs.len());
+        for vxc in plan.vxcs {
+            let Ok(id) = VxcId::parse("id", &vxc.id) else {
+                continue;
+            };
+            let state = match vxc.status {
+                PlanStatus::Ok => VxcState::Up,
+                PlanStatus::Pending { missing } => VxcState::Pending(missing_text(&missing)),
+                PlanStatus::Drift(found) => {
+                    let what: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+                    let what = what.join("; ");
+                    log::warn!(vxc = id.as_str(); "VXC {id}: drift, not repaired (observe-only): {what}");
+                    VxcState::Failed(format!("drift: {what}"))
+                }
+                PlanStatus::Invalid(why) => VxcState::Failed(why),
+            };
+            states.push((id, state));
+        }
+        for orphan in plan.orphans {
+            log::warn!("{orphan} is owned by vxcd but part of no VXC (observe-only: left)");
+        }
+        Ok((states, 0))
+    }
+}
+
+/// Records a VXC's state, logging every change of it (a VXC going pending when its port
+/// interface disappears, coming back up, failing).
+fn set_state(states: &mut HashMap<VxcId, VxcState>, id: VxcId, state: VxcState) {
+    let before = states.get(&id);
+    // A VXC found right at start is in the summary; one line each would bury the rest.
+    let quiet = before.is_none() && state == VxcState::Up;
+    if before != Some(&state) && !quiet {
+        let was = before.map(VxcState::name).unwrap_or("new");
+        let why = state.reason().unwrap_or_default();
+        match state {
+            VxcState::Up => log::info!(vxc = id.as_str(); "VXC {id}: {was} -> up"),
+            _ => log::warn!(vxc = id.as_str(); "VXC {id}: {was} -> {}: {why}", state.name()),
+        }
+    }
+    states.insert(id, state);
+}

@@ -1,0 +1,406 @@
+//! The read side: what the engine has committed, published for readers who never take the
+//! engine's lock.
+//!
+//! # Why a published copy
+//! Writes hold the engine lock across kernel round trips and a disk sync; a read under that lock
+//! waited for them, and a flood of reads (30 readers listing 8,000 keys) made root's `key.put`
+//! wait seconds. The engine instead publishes its state as an `Arc<ReadState>`: a reader takes a
+//! reference (a few nanoseconds under an `RwLock` that is never held longer than that) and
+//! computes its answer from it, lock-free, while the engine goes on.
+//!
+//! The engine edits the published state in place with `Arc::make_mut`: it is copied only when a
+//! reader still holds the previous version, so a host without readers (a bulk push) never pays
+//! for a copy, and one with readers pays one copy per write, never a wait. Every edit is made
+//! after the change is in the kernel and on disk, so a reader sees only acknowledged changes, and
+//! a client that got an answer reads its own write on any connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::dataplane::{self, Dataplane, EndSpec, VxcSpec};
+use crate::domain::{Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
+use crate::inspector::{Direction, Expectation, Inspector, VerifySpec};
+use crate::protocol::{
+    EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView, StoreStatus,
+    VxcView, PROTOCOL_VERSION,
+};
+
+/// Where a VXC stands in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VxcState {
+    Up,
+    /// Waiting for a port interface to appear (or its port is no longer configured).
+    Pending(String),
+    /// The kernel refused it; the reason names the object and the kernel's error.
+    Failed(String),
+}
+
+impl VxcState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            VxcState::Up => "up",
+            VxcState::Pending(_) => "pending",
+            VxcState::Failed(_) => "failed",
+        }
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            VxcState::Up => None,
+            VxcState::Pending(r) | VxcState::Failed(r) => Some(r.clone()),
+        }
+    }
+}
+
+/// Everything a read answers from: the committed model and what the engine learnt of the kernel
+/// and the store.
+#[derive(Clone)]
+pub struct ReadState {
+    pub model: Model,
+    /// Port name -> kernel interface, from the config.
+    pub ports: BTreeMap<PortName, String>,
+    pub states: HashMap<VxcId, VxcState>,
+    pub started: Instant,
+    pub last_reconcile: Option<OffsetDateTime>,
+    pub drift_repairs: u64,
+    /// Probed at start and at each reconcile pass (reading `/lib/modules` on every `status` was
+    /// a file scan per poll).
+    pub kernel_8021q: bool,
+    pub store: StoreStatus,
+    /// The packet inspector, when enabled (it is shared: its tables have their own lock).
+    pub inspector: Option<Arc<Inspector>>,
+}
+
+/// The published state: one writer (the engine), any number of readers.
+#[derive(Clone)]
+pub struct Published(Arc<RwLock<Arc<ReadState>>>);
+
+impl Published {
+    pub fn new(state: ReadState) -> Self {
+        Published(Arc::new(RwLock::new(Arc::new(state))))
+    }
+
+    /// The current state. Holding it costs the writer a copy at its next edit, not a wait: drop
+    /// it before editing.
+    pub fn load(&self) -> Arc<ReadState> {
+        // A poisoned lock only means a panic while the Arc was swapped; the Arc is whole.
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Edits the state in place (copied first only when a reader holds the current version).
+    pub fn edit<R>(&self, f: impl FnOnce(&mut ReadState) -> R) -> R {
+        let mut guard = match self.0.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(Arc::make_mut(&mut guard))
+    }
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// The ops answered from the published state.
+pub fn is_read(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Hello {}
+            | Op::Status {}
+            | Op::PortList {}
+            | Op::KeyGet { .. }
+            | Op::KeyList {}
+            | Op::VxcGet { .. }
+            | Op::VxcList {}
+            | Op::VxcPlan { .. }
+            | Op::Inspect {}
+    )
+}
+
+impl ReadState {
+    /// Answers a read op (`None` for an op that changes state or probes).
+    pub fn answer(&self, op: &Op) -> Option<Result<Value, Failure>> {
+        let now = OffsetDateTime::now_utc();
+        Some(match op {
+            Op::Hello {} => {
+                Ok(json!({"protocol": PROTOCOL_VERSION, "version": env!("CARGO_PKG_VERSION")}))
+            }
+            Op::Status {} => Ok(json!(self.status())),
+            Op::KeyGet { key } => match self.model.key(key) {
+                Some(k) => Ok(json!({"key": self.key_view(k, now)})),
+                None => Err(RuleError::NotFound {
+                    what: "service key",
+                    id: key.clone(),
+                }
+                .into()),
+            },
+            Op::KeyList {} => {
+                let keys: Vec<_> = self.model.keys().map(|k| self.key_view(k, now)).collect();
+                Ok(json!({"keys": keys}))
+            }
+            Op::VxcGet { id } => match self.model.vxc(id) {
+                Some(v) => Ok(json!({"vxc": self.vxc_view(v, None)})),
+                None => Err(RuleError::NotFound {
+                    what: "VXC",
+                    id: id.clone(),
+                }
+                .into()),
+            },
+            Op::VxcList {} => {
+                let vxcs: Vec<_> = self.model.vxcs().map(|v| self.vxc_view(v, None)).collect();
+                Ok(json!({"vxcs": vxcs}))
+            }
+            Op::VxcPlan { vxc } => self
+                .model
+                .plan_vxc(vxc, now)
+                .map(|plan| json!({"vxc": self.vxc_view(plan.change.after(), Some("planned"))}))
+                .map_err(Failure::from),
+            Op::Inspect {} => match &self.inspector {
+                Some(inspector) => {
+                    let view = inspector.snapshot();
+                    Ok(json!({"enabled": true, "ports": view.ports}))
+                }
+                None => Ok(json!({"enabled": false, "ports": []})),
+            },
+            _ => return None,
+        })
+    }
+
+    pub fn port_pairs(&self) -> Vec<(String, String)> {
+        self.ports
+            .iter()
+            .map(|(name, interface)| (name.to_string(), interface.clone()))
+            .collect()
+    }
+
+    /// What the inspector expects on every port.
+    pub fn expectation(&self) -> Expectation {
+        let desired: Vec<VxcSpec> = self.model.vxcs().filter_map(|v| self.spec(v)).collect();
+        Expectation::from_vxcs(&self.port_pairs(), &desired)
+    }
+
+    fn end_spec(&self, port: &PortName, vlan: Option<u16>) -> Option<EndSpec> {
+        Some(EndSpec {
+            port: port.to_string(),
+            interface: self.ports.get(port)?.clone(),
+            vlan,
+        })
+    }
+
+    /// What the kernel should hold for a VXC; `None` while one of its ports is not configured.
+    pub fn spec(&self, vxc: &Vxc) -> Option<VxcSpec> {
+        Some(VxcSpec {
+            id: vxc.id.to_string(),
+            rate_mbps: vxc.rate_mbps,
+            a: self.end_spec(&vxc.a_end.port, vxc.a_end.vlan.map(|v| v.get()))?,
+            b: self.end_spec(&vxc.b_end.port, Some(vxc.b_end.vlan.get()))?,
+        })
+    }
+
+    /// What `verify` probes: one VXC, or every VXC.
+    pub fn verify_specs(&self, id: Option<&str>) -> Result<Vec<VerifySpec>, Failure> {
+        let vxcs: Vec<&Vxc> = match id {
+            Some(id) => vec![self.model.vxc(id).ok_or_else(|| RuleError::NotFound {
+                what: "VXC",
+                id: id.to_owned(),
+            })?],
+            None => self.model.vxcs().collect(),
+        };
+        let ports = self.port_pairs();
+        vxcs.into_iter()
+            .map(|vxc| {
+                self.spec(vxc)
+                    .map(|spec| VerifySpec::from_vxc(&spec, &ports))
+                    .ok_or_else(|| {
+                        Failure::dataplane(format!(
+                            "VXC {}: port {} or {} is not in the config; nothing to probe",
+                            vxc.id, vxc.a_end.port, vxc.b_end.port
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    pub fn state_of(&self, id: &VxcId) -> VxcState {
+        self.states
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| VxcState::Pending("not yet reconciled".into()))
+    }
+
+    fn inspector_status(&self) -> InspectorStatus {
+        let Some(inspector) = &self.inspector else {
+            return InspectorStatus::default();
+        };
+        let view = inspector.snapshot();
+        let mut status = InspectorStatus {
+            enabled: true,
+            ..InspectorStatus::default()
+        };
+        for port in &view.ports {
+            status.capturing += usize::from(port.capturing);
+            for v in &port.violations {
+                status.violations += v.count;
+                if v.direction == Direction::Tx {
+                    status.egress_violations += v.count;
+                }
+            }
+        }
+        status
+    }
+
+    fn status(&self) -> StatusView {
+        let mut vxc_states = BTreeMap::new();
+        for vxc in self.model.vxcs() {
+            *vxc_states
+                .entry(self.state_of(&vxc.id).name().to_owned())
+                .or_insert(0) += 1;
+        }
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: self.started.elapsed().as_secs(),
+            ports: self.model.ports().count(),
+            keys: self.model.keys().count(),
+            vxcs: self.model.vxcs().count(),
+            kernel: KernelView {
+                vlan_8021q: self.kernel_8021q,
+            },
+            last_reconcile: self.last_reconcile.map(rfc3339),
+            drift_repairs: self.drift_repairs,
+            vxc_states,
+            inspector: self.inspector_status(),
+            store: self.store.clone(),
+        }
+    }
+
+    pub fn key_view(&self, key: &ServiceKey, now: OffsetDateTime) -> KeyView {
+        let refusal = self.model.key_refusal(key, now);
+        KeyView {
+            key: key.id.to_string(),
+            port: key.port.to_string(),
+            description: key.description.clone(),
+            single_use: key.single_use,
+            max_speed_mbps: key.max_speed_mbps,
+            vlan: key.vlan.map(|v| v.get()),
+            valid_from: key.valid_from.map(rfc3339),
+            valid_until: key.valid_until.map(rfc3339),
+            active: key.active,
+            used_by: self
+                .model
+                .key_users(&key.id)
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            redeemable: refusal.is_none(),
+            reason: refusal.map(|r| r.code().to_owned()),
+        }
+    }
+
+    /// `state_override` is `Some("planned")` for vxc.plan.
+    pub fn vxc_view(&self, vxc: &Vxc, state_override: Option<&str>) -> VxcView {
+        let a_vlan = vxc.a_end.vlan.map(|v| v.get());
+        let b_vlan = vxc.b_end.vlan.get();
+        let interface = |port: &PortName, vlan: Option<u16>| {
+            self.ports
+                .get(port)
+                .map(|parent| dataplane::end_interface_name(parent, vlan))
+        };
+        let (state, state_reason) = match state_override {
+            Some(s) => (s.to_owned(), None),
+            None => {
+                let s = self.state_of(&vxc.id);
+                (s.name().to_owned(), s.reason())
+            }
+        };
+        VxcView {
+            id: vxc.id.to_string(),
+            name: vxc.name.clone(),
+            service_key: vxc.service_key.to_string(),
+            rate_mbps: vxc.rate_mbps,
+            service_level_ref: vxc.service_level_ref.clone(),
+            a_end: EndView {
+                port: vxc.a_end.port.to_string(),
+                vlan: a_vlan,
+                untagged: Some(a_vlan.is_none()),
+                interface: interface(&vxc.a_end.port, a_vlan),
+            },
+            b_end: EndView {
+                port: vxc.b_end.port.to_string(),
+                vlan: Some(b_vlan),
+                untagged: None,
+                interface: interface(&vxc.b_end.port, Some(b_vlan)),
+            },
+            state,
+            state_reason,
+            created_at: rfc3339(vxc.created_at),
+        }
+    }
+}
+
+/// Answers reads for the server, without the engine lock.
+#[derive(Clone)]
+pub struct Reader {
+    published: Published,
+    /// A second handle on the engine's netlink socket, for `port.list`'s link lookups (requests
+    /// are pipelined on the socket; the engine's lock is not needed to ask).
+    dataplane: Dataplane,
+}
+
+impl Reader {
+    pub fn new(published: Published, dataplane: Dataplane) -> Self {
+        Reader {
+            published,
+            dataplane,
+        }
+    }
+
+    /// The current published state.
+    pub fn state(&self) -> Arc<ReadState> {
+        self.published.load()
+    }
+
+    /// `port.list`: the model's ports with what the kernel says of their interfaces. The state
+    /// is let go before the kernel is asked, so the engine never copies it for this reader.
+    pub async fn port_views(&self) -> Vec<PortView> {
+        let mut views: Vec<PortView> = {
+            let state = self.state();
+            state
+                .model
+                .ports()
+                .map(|usage| PortView {
+                    name: usage.name.to_string(),
+                    interface: state.ports.get(&usage.name).cloned(),
+                    present: false,
+                    host_ipv6_off: false,
+                    vlans: usage.vlans.iter().map(|v| v.get()).collect(),
+                    untagged_vxc: usage.untagged_vxc.map(|v| v.to_string()),
+                    accepting: usage.accepting,
+                })
+                .collect()
+        };
+        for view in &mut views {
+            let Some(name) = &view.interface else {
+                continue;
+            };
+            let facts = self
+                .dataplane
+                .port_ipv6_off(name)
+                .await
+                .unwrap_or_else(|e| {
+                    log::warn!("port.list: looking up interface {name}: {e}");
+                    None
+                });
+            view.present = facts.is_some();
+            view.host_ipv6_off = facts.unwrap_or(false);
+        }
+        views
+    }
+}

@@ -248,6 +248,24 @@ pub fn success_line(id: &Value, result: Value) -> String {
     json!({"id": id, "ok": true, "result": result}).to_string()
 }
 
+/// The answer line for a success whose result is serialized straight from `result` (without
+/// the newline): for lists of thousands of objects, which as a `Value` tree would take several
+/// times the memory of the line.
+pub fn success_line_of<R: Serialize>(id: &Value, result: &R) -> Result<String, Failure> {
+    #[derive(Serialize)]
+    struct Success<'a, R> {
+        id: &'a Value,
+        ok: bool,
+        result: &'a R,
+    }
+    serde_json::to_string(&Success {
+        id,
+        ok: true,
+        result,
+    })
+    .map_err(|e| Failure::internal(format!("encoding the answer: {e}")))
+}
+
 /// The answer line for a failure (without the newline).
 pub fn failure_line(id: &Value, failure: &Failure) -> String {
     let mut error = Map::new();

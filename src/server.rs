@@ -32,11 +32,13 @@ pub struct Control {
     /// Readers' list answers computed at once (root and the writers do not wait for it): the
     /// work of a reader flood is bounded by the cores, not by the connections.
     heavy_reads: Semaphore,
-    /// Bytes buffered across all connections (`control.buffer_budget_mib`): partial request
-    /// lines beyond [`FREE_BUFFER`] each, and readers' answers computed but not yet written
-    /// beyond [`FREE_ANSWER`] each.
+    /// Bytes buffered across all connections (`control.buffer_budget_mib`), in two halves so
+    /// that neither kind of holder starves the other: partial request lines beyond
+    /// [`FREE_BUFFER`] each ...
     budget: Arc<Semaphore>,
-    budget_bytes: usize,
+    /// ... and readers' answers computed but not yet written beyond [`FREE_ANSWER`] each.
+    answer_budget: Arc<Semaphore>,
+    answer_budget_bytes: usize,
 }
 
 /// Bytes of an answer any connection may hold without drawing on the budget (2,000 connections
@@ -51,15 +53,17 @@ pub struct AnswerHold {
 impl Control {
     pub fn new(engine: Engine, access: Access) -> Self {
         let reader = engine.reader();
-        let budget_bytes = access.buffer_budget.min(Semaphore::MAX_PERMITS);
+        let total = access.buffer_budget.min(Semaphore::MAX_PERMITS);
+        let answer_budget_bytes = total - total / 2;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Control {
             engine: tokio::sync::Mutex::new(engine),
             reader,
             access,
             heavy_reads: Semaphore::new(cores),
-            budget: Arc::new(Semaphore::new(budget_bytes)),
-            budget_bytes,
+            budget: Arc::new(Semaphore::new(total / 2)),
+            answer_budget: Arc::new(Semaphore::new(answer_budget_bytes)),
+            answer_budget_bytes,
         }
     }
 
@@ -102,24 +106,6 @@ impl Control {
             Op::PortList {} => {
                 return Ok(serde_json::json!({"ports": self.reader.port_views().await}));
             }
-            Op::KeyList {} | Op::VxcList {} => {
-                // O(state): computed on a blocking thread, so that the runtime's threads stay
-                // free for root's requests, and at most one per core for readers.
-                let _turn = if self.may_change(peer) {
-                    None
-                } else {
-                    Some(self.heavy_reads.acquire().await.map_err(|_| gone())?)
-                };
-                if !alive() {
-                    return Err(gone());
-                }
-                let state = self.reader.state();
-                let op = request.op;
-                return tokio::task::spawn_blocking(move || state.answer(&op))
-                    .await
-                    .map_err(|e| Failure::internal(format!("read stopped: {e}")))?
-                    .unwrap_or_else(|| Err(Failure::internal("not a read")));
-            }
             op if crate::engine::is_read(op) => {
                 if let Some(answer) = self.reader.state().answer(op) {
                     return answer;
@@ -134,6 +120,58 @@ impl Control {
         engine.handle(request.op).await
     }
 
+    /// The whole answer line of `key.list` or `vxc.list` (`None` for any other op). O(state):
+    /// computed on a blocking thread, so that the runtime's threads stay free for root's
+    /// requests, at most one per core for readers, and serialized straight from the views.
+    async fn list_line(
+        &self,
+        request: &Request,
+        peer: Peer,
+        alive: impl Fn() -> bool,
+    ) -> Option<Result<String, Failure>> {
+        let keys = match request.op {
+            Op::KeyList {} => true,
+            Op::VxcList {} => false,
+            _ => return None,
+        };
+        let gone = || Failure::new("gone", "the peer closed the connection");
+        let _turn = if self.may_change(peer) {
+            None
+        } else {
+            match self.heavy_reads.acquire().await {
+                Ok(turn) => Some(turn),
+                Err(_) => return Some(Err(gone())),
+            }
+        };
+        if !alive() {
+            return Some(Err(gone()));
+        }
+        let state = self.reader.state();
+        let id = request.id.clone();
+        #[derive(serde::Serialize)]
+        struct Keys {
+            keys: Vec<protocol::KeyView>,
+        }
+        #[derive(serde::Serialize)]
+        struct Vxcs {
+            vxcs: Vec<protocol::VxcView>,
+        }
+        let line = tokio::task::spawn_blocking(move || {
+            // The views are taken and the state let go before the (longer) encoding.
+            if keys {
+                let keys = state.key_views(time::OffsetDateTime::now_utc());
+                drop(state);
+                protocol::success_line_of(&id, &Keys { keys })
+            } else {
+                let vxcs = state.vxc_views();
+                drop(state);
+                protocol::success_line_of(&id, &Vxcs { vxcs })
+            }
+        })
+        .await;
+        Some(line.unwrap_or_else(|e| Err(Failure::internal(format!("read stopped: {e}")))))
+    }
+
     /// Makes an answer of `len` bytes for `peer` count against the answer budget until the hold
     /// is dropped (after the write). Root's and the writers' answers, and small ones, are free.
     /// `None`: the budget cannot cover it now; the caller drops the answer, waits with
@@ -143,8 +181,8 @@ impl Control {
         if self.may_change(peer) || len <= FREE_ANSWER {
             return Some(AnswerHold { _permit: None });
         }
-        let n = u32::try_from(len.min(self.budget_bytes)).ok()?;
-        self.budget
+        let n = u32::try_from(len.min(self.answer_budget_bytes)).ok()?;
+        self.answer_budget
             .clone()
             .try_acquire_many_owned(n)
             .ok()
@@ -153,8 +191,8 @@ impl Control {
 
     /// Waits until the answer budget can cover `len` bytes, and holds them.
     pub async fn wait_for_answer_budget(&self, len: usize) -> Option<AnswerHold> {
-        let n = u32::try_from(len.min(self.budget_bytes)).ok()?;
-        self.budget
+        let n = u32::try_from(len.min(self.answer_budget_bytes)).ok()?;
+        self.answer_budget
             .clone()
             .acquire_many_owned(n)
             .await
@@ -474,7 +512,8 @@ enum Next {
 
 /// Reads until one complete line is in `buf` and takes it out. Bytes after the newline stay in
 /// `buf`: pipelined requests are answered one at a time, and nothing more is read from the
-/// socket until then (backpressure).
+/// socket until then (backpressure). An idle connection holds no buffer at all: memory is
+/// reserved only once the socket has bytes to read.
 async fn next_line(read: &mut UnixStream, buf: &mut Vec<u8>, slot: &mut Slot) -> Next {
     let mut scanned = 0;
     loop {
@@ -485,7 +524,10 @@ async fn next_line(read: &mut UnixStream, buf: &mut Vec<u8>, slot: &mut Slot) ->
             }
             let line = buf[..end].to_vec();
             buf.drain(..=end);
-            if buf.capacity() > FREE_BUFFER {
+            if buf.is_empty() {
+                *buf = Vec::new();
+                slot.cover(0);
+            } else if buf.capacity() > FREE_BUFFER {
                 buf.shrink_to(FREE_BUFFER.max(buf.len()));
                 slot.cover(buf.capacity());
             }
@@ -495,16 +537,19 @@ async fn next_line(read: &mut UnixStream, buf: &mut Vec<u8>, slot: &mut Slot) ->
         if buf.len() > protocol::MAX_LINE {
             return Next::TooLarge;
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let n = match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Next::Closed,
-            Ok(n) => n,
-        };
-        buf.reserve(n);
-        if !slot.cover(buf.capacity()) {
-            return Next::OverBudget;
+        if read.readable().await.is_err() {
+            return Next::Closed;
         }
-        buf.extend_from_slice(&chunk[..n]);
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+            if !slot.cover(buf.capacity()) {
+                return Next::OverBudget;
+            }
+        }
+        match read.read_buf(buf).await {
+            Ok(0) | Err(_) => return Next::Closed,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -517,7 +562,7 @@ async fn connection(
 ) {
     let idle = control.access.idle_timeout;
     let fd = stream.as_raw_fd();
-    let mut buf = Vec::with_capacity(FREE_BUFFER.min(READ_CHUNK));
+    let mut buf = Vec::new();
     loop {
         // The timeout covers the whole wait for a complete line: a partial line is idle.
         let next = tokio::select! {
@@ -585,11 +630,18 @@ async fn respond(
                     return None;
                 }
                 let id = request.id.clone();
-                match control
-                    .answer_while(request, peer, || peer_connected(fd))
+                let answered = match control
+                    .list_line(&request, peer, || peer_connected(fd))
                     .await
                 {
-                    Ok(result) => protocol::success_line(&id, result),
+                    Some(line) => line,
+                    None => control
+                        .answer_while(request, peer, || peer_connected(fd))
+                        .await
+                        .map(|result| protocol::success_line(&id, result)),
+                };
+                match answered {
+                    Ok(line) => line,
                     Err(failure) if failure.code == "gone" => return None,
                     Err(failure) => protocol::failure_line(&id, &failure),
                 }

@@ -62,6 +62,17 @@
 //! already includes; replay skips every record with a sequence number `<= seq` (and open
 //! finishes the interrupted truncation when nothing newer is in the journal).
 //!
+//! ## Compaction off the request path
+//!
+//! Encoding and syncing a snapshot of thousands of objects takes longer than a request may
+//! wait, so the daemon writes it on another thread while appends go on:
+//! [`Store::begin_compaction`] fixes the snapshot's `seq` (the last record appended) and starts
+//! copying every later entry's line aside; [`Compaction::write`] writes the snapshot (anywhere,
+//! blocking); [`Store::finish_compaction`] then replaces the journal by the entries appended
+//! meanwhile (`journal.log.tmp`, synced, renamed over `journal.log`, directory synced). A crash
+//! at any point leaves either the old journal (every record, those `<= seq` skipped) or the new
+//! one (every record `> seq`); a leftover `journal.log.tmp` is removed at open.
+//!
 //! ## What open accepts and what it refuses
 //!
 //! * **Torn tail.** Only the last line of the journal can be cut short by a crash, since
@@ -116,6 +127,7 @@ use serde::{Deserialize, Serialize};
 const SNAPSHOT_FILE: &str = "snapshot.json";
 const SNAPSHOT_TMP_FILE: &str = "snapshot.json.tmp";
 const JOURNAL_FILE: &str = "journal.log";
+const JOURNAL_TMP_FILE: &str = "journal.log.tmp";
 const LOCK_FILE: &str = "lock";
 const SNAPSHOT_FORMAT: &str = "vxcd-state";
 const SNAPSHOT_VERSION: u32 = 2;
@@ -216,6 +228,8 @@ pub struct Store<R> {
     /// The last write failed cleanly (e.g. `ENOSPC`, cut back): nothing is lost, but the store
     /// cannot take changes. Cleared by the next successful write, or once the file system has room.
     write_failed: Option<String>,
+    /// While a compaction runs: the journal lines appended since it began, and their records.
+    tail: Option<(Vec<u8>, usize)>,
     /// Held for the store's lifetime; dropping it releases the lock.
     _lock: Flock<File>,
     _record: PhantomData<fn(&R)>,
@@ -309,8 +323,10 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
                 .and_then(|()| journal.sync_all())
                 .map_err(io_err("truncating journal", &journal_path))?;
         }
-        let tmp_path = dir.join(SNAPSHOT_TMP_FILE);
-        remove_if_present(&tmp_path).map_err(io_err("removing leftover", &tmp_path))?;
+        for leftover in [SNAPSHOT_TMP_FILE, JOURNAL_TMP_FILE] {
+            let tmp_path = dir.join(leftover);
+            remove_if_present(&tmp_path).map_err(io_err("removing leftover", &tmp_path))?;
+        }
         // Makes a newly created journal or lock file, or a removal, durable.
         sync_dir(&dir)?;
 
@@ -323,6 +339,7 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
             records_since_snapshot: replay.records.len(),
             poisoned: None,
             write_failed: None,
+            tail: None,
             _lock: lock,
             _record: PhantomData,
         };
@@ -379,60 +396,97 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
         self.write_failed = None;
         self.next_seq += records.len() as u64;
         self.records_since_snapshot += records.len();
+        if let Some((lines, count)) = &mut self.tail {
+            lines.extend_from_slice(&line);
+            *count += records.len();
+        }
         Ok(())
     }
 
-    /// Makes `snapshot` the new base state and empties the journal. `snapshot` must
-    /// include every record appended so far. The snapshot is replaced atomically
-    /// (temporary file, fsync, rename, directory fsync) before the journal is touched.
-    pub fn compact<S: Serialize>(&mut self, snapshot: &S) -> Result<(), StoreError> {
+    /// Starts a compaction whose snapshot must hold every record appended so far (and no later
+    /// one): write it with [`Compaction::write`] on any thread, then hand the outcome to
+    /// [`Store::finish_compaction`]. Appends go on meanwhile.
+    pub fn begin_compaction(&mut self) -> Result<Compaction, StoreError> {
         self.recover()?;
-        let snapshot_path = self.dir.join(SNAPSHOT_FILE);
-        let tmp_path = self.dir.join(SNAPSHOT_TMP_FILE);
-        let content =
-            encode_snapshot(self.next_seq - 1, snapshot).map_err(|source| StoreError::Encode {
-                what: "snapshot",
-                path: snapshot_path.clone(),
-                source,
-            })?;
+        self.tail = Some((Vec::new(), 0));
+        Ok(Compaction {
+            seq: self.next_seq - 1,
+            snapshot_path: self.dir.join(SNAPSHOT_FILE),
+            tmp_path: self.dir.join(SNAPSHOT_TMP_FILE),
+            dir: self.dir.clone(),
+        })
+    }
 
-        let write_tmp = || -> io::Result<()> {
-            // A leftover (or planted) tmp file or symlink is unlinked, never followed.
-            remove_if_present(&tmp_path)?;
-            let mut tmp =
-                private_file(OpenOptions::new().write(true).create_new(true)).open(&tmp_path)?;
-            tmp.write_all(&content)?;
-            tmp.sync_all()
+    /// Ends a compaction: once its snapshot is durable, the journal keeps only the entries
+    /// appended since it began. A failed snapshot leaves the journal as it is (it still holds
+    /// everything) and is reported like a failed write.
+    pub fn finish_compaction(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
+        let Some((lines, count)) = self.tail.take() else {
+            return Ok(());
         };
-        let written = write_tmp()
-            .map_err(io_err("writing snapshot", &tmp_path))
-            .and_then(|()| {
-                fs::rename(&tmp_path, &snapshot_path)
-                    .map_err(io_err("renaming into", &snapshot_path))
-            });
         if let Err(e) = written {
-            // A partial snapshot would keep a full disk full; the journal still holds everything.
-            let _ = remove_if_present(&tmp_path);
             self.write_failed = Some(e.to_string());
             return Err(e);
         }
-        sync_dir(&self.dir)?;
+        // The snapshot is durable: records up to its seq are skipped on replay, so the journal
+        // is correct as it is, merely longer, whatever happens below.
+        self.records_since_snapshot = count;
+        if self.poisoned.is_some() {
+            // The journal's length on disk is unknown until recover() repairs it; leave it.
+            return Ok(());
+        }
+        if lines.is_empty() {
+            if let Err(e) = self.journal.set_len(0) {
+                return Err(io_err("truncating journal", &self.journal_path)(e));
+            }
+            if let Err(e) = self.journal.sync_all() {
+                self.poisoned = Some(format!(
+                    "fsync of {} after truncation failed: {e}",
+                    self.journal_path.display()
+                ));
+                return Err(io_err("syncing journal", &self.journal_path)(e));
+            }
+            self.journal_bytes = 0;
+            return Ok(());
+        }
+        let tmp_path = self.dir.join(JOURNAL_TMP_FILE);
+        let write_tmp = || -> io::Result<File> {
+            remove_if_present(&tmp_path)?;
+            let mut tmp =
+                private_file(OpenOptions::new().append(true).create_new(true)).open(&tmp_path)?;
+            tmp.write_all(&lines)?;
+            tmp.sync_all()?;
+            Ok(tmp)
+        };
+        let replaced = write_tmp()
+            .map_err(io_err("writing journal", &tmp_path))
+            .and_then(|tmp| {
+                fs::rename(&tmp_path, &self.journal_path)
+                    .map_err(io_err("renaming into", &self.journal_path))?;
+                Ok(tmp)
+            });
+        match replaced {
+            Ok(tmp) => {
+                self.journal = tmp;
+                self.journal_bytes = lines.len() as u64;
+                sync_dir(&self.dir)
+            }
+            Err(e) => {
+                // The old journal stays, whole: only its length is wasted until next time.
+                let _ = remove_if_present(&tmp_path);
+                Err(e)
+            }
+        }
+    }
 
-        // The snapshot is durable; records up to its seq are now skipped on replay, so a
-        // journal left untruncated is still correct, merely longer.
-        self.records_since_snapshot = 0;
-        if let Err(e) = self.journal.set_len(0) {
-            return Err(io_err("truncating journal", &self.journal_path)(e));
-        }
-        if let Err(e) = self.journal.sync_all() {
-            self.poisoned = Some(format!(
-                "fsync of {} after truncation failed: {e}",
-                self.journal_path.display()
-            ));
-            return Err(io_err("syncing journal", &self.journal_path)(e));
-        }
-        self.journal_bytes = 0;
-        Ok(())
+    /// Makes `snapshot` the new base state and empties the journal, in one call
+    /// ([`Store::begin_compaction`] does it without blocking appends). `snapshot` must
+    /// include every record appended so far. The snapshot is replaced atomically
+    /// (temporary file, fsync, rename, directory fsync) before the journal is touched.
+    pub fn compact<S: Serialize>(&mut self, snapshot: &S) -> Result<(), StoreError> {
+        let job = self.begin_compaction()?;
+        let written = job.write(snapshot);
+        self.finish_compaction(written)
     }
 
     /// Records appended since the last snapshot (including those replayed on open), so
@@ -493,6 +547,47 @@ impl<R: Serialize + DeserializeOwned> Store<R> {
                 cause: format!("{cause}; repair failed again: {e}"),
             }),
         }
+    }
+}
+
+/// A snapshot to be written off the request path (see [`Store::begin_compaction`]).
+#[derive(Debug)]
+pub struct Compaction {
+    seq: u64,
+    snapshot_path: PathBuf,
+    tmp_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Compaction {
+    /// Writes `snapshot` (temporary file, fsync, rename, directory fsync). Blocking; touches
+    /// only the snapshot files, so it may run on any thread while the store appends.
+    pub fn write<S: Serialize>(&self, snapshot: &S) -> Result<(), StoreError> {
+        let content = encode_snapshot(self.seq, snapshot).map_err(|source| StoreError::Encode {
+            what: "snapshot",
+            path: self.snapshot_path.clone(),
+            source,
+        })?;
+        let write_tmp = || -> io::Result<()> {
+            // A leftover (or planted) tmp file or symlink is unlinked, never followed.
+            remove_if_present(&self.tmp_path)?;
+            let mut tmp = private_file(OpenOptions::new().write(true).create_new(true))
+                .open(&self.tmp_path)?;
+            tmp.write_all(&content)?;
+            tmp.sync_all()
+        };
+        let written = write_tmp()
+            .map_err(io_err("writing snapshot", &self.tmp_path))
+            .and_then(|()| {
+                fs::rename(&self.tmp_path, &self.snapshot_path)
+                    .map_err(io_err("renaming into", &self.snapshot_path))
+            });
+        if let Err(e) = written {
+            // A partial snapshot would keep a full disk full; the journal still holds everything.
+            let _ = remove_if_present(&self.tmp_path);
+            return Err(e);
+        }
+        sync_dir(&self.dir)
     }
 }
 
@@ -1002,6 +1097,77 @@ mod tests {
             header.starts_with(r#"{"format":"vxcd-state","version":2,"seq":10,"#),
             "{header}"
         );
+    }
+
+    #[test]
+    fn appends_during_a_background_compaction_are_kept_and_the_journal_shrinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state: State = (1..=10).map(rec).collect();
+        {
+            let (mut store, _) = open(tmp.path());
+            store.append_batch(&state).unwrap();
+            let job = store.begin_compaction().unwrap();
+            // Appends go on while the snapshot (of records 1..=10 only) is written.
+            store.append(&rec(11)).unwrap();
+            store.append_batch(&[rec(12), rec(13)]).unwrap();
+            let written = job.write(&state);
+            store.append(&rec(14)).unwrap();
+            store.finish_compaction(written).unwrap();
+            assert_eq!(store.journal_len(), 4);
+            store.append(&rec(15)).unwrap();
+        }
+        let (store, loaded) = open(tmp.path());
+        assert_eq!(loaded.snapshot, Some(state));
+        assert_eq!(loaded.records, (11..=15).map(rec).collect::<Vec<_>>());
+        assert_eq!(store.last_seq(), 15);
+        let journal_text = fs::read_to_string(journal(tmp.path())).unwrap();
+        assert_eq!(journal_text.lines().count(), 4, "{journal_text}");
+        assert!(!tmp.path().join(JOURNAL_TMP_FILE).exists());
+    }
+
+    #[test]
+    fn a_crash_before_a_background_compaction_finishes_loses_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state: State = (1..=5).map(rec).collect();
+        {
+            let (mut store, _) = open(tmp.path());
+            store.append_batch(&state).unwrap();
+            let job = store.begin_compaction().unwrap();
+            store.append(&rec(6)).unwrap();
+            job.write(&state).unwrap();
+            // Gone before finish_compaction: the snapshot is in place, the journal is whole,
+            // and a journal.log.tmp of an interrupted swap is left behind.
+            fs::write(tmp.path().join(JOURNAL_TMP_FILE), b"half").unwrap();
+        }
+        let (store, loaded) = open(tmp.path());
+        assert_eq!(loaded.snapshot, Some(state));
+        assert_eq!(loaded.records, vec![rec(6)]);
+        assert_eq!(store.last_seq(), 6);
+        assert!(!tmp.path().join(JOURNAL_TMP_FILE).exists());
+    }
+
+    #[test]
+    fn a_failed_background_compaction_keeps_the_journal_and_refuses_until_room() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut store, _) = open(tmp.path());
+        store.append_batch(&[rec(1), rec(2)]).unwrap();
+        let job = store.begin_compaction().unwrap();
+        store.append(&rec(3)).unwrap();
+        let failed = Err(StoreError::Io {
+            action: "writing snapshot",
+            path: tmp.path().join(SNAPSHOT_TMP_FILE),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        });
+        drop(job);
+        assert!(store.finish_compaction(failed).is_err());
+        assert!(store.failure().is_some());
+        assert_eq!(store.journal_len(), 3);
+        // The disk has room (a tempdir): the next write repairs and succeeds.
+        store.append(&rec(4)).unwrap();
+        drop(store);
+        let (_, loaded) = open(tmp.path());
+        assert_eq!(loaded.snapshot, None);
+        assert_eq!(loaded.records, (1..=4).map(rec).collect::<Vec<_>>());
     }
 
     #[test]

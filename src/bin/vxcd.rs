@@ -240,7 +240,8 @@ async fn run(config: Config) -> Result<(), String> {
     let _ = stop.send(true);
     let _ = server.await;
     // Taking the lock waits for the request in flight; the dataplane stays as it is.
-    let engine = control.engine.lock().await;
+    let mut engine = control.engine.lock().await;
+    engine.finish_compaction().await;
     drop(engine);
     let _ = std::fs::remove_file(&config.control.socket);
     log::info!("stopped; kernel state left in place");

@@ -22,7 +22,7 @@ use crate::dataplane::{self, Dataplane, VxcOutcome, VxcSpec, VxcStatus as PlanSt
 use crate::domain::{Change, Model, RuleError, Vxc, VxcId};
 use crate::inspector::{self, InspectConfig, Inspector};
 use crate::protocol::{Failure, Op, StoreStatus};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 pub use read::{is_read, Published, ReadState, Reader, VxcState};
 pub use record::{load_state, Record, Snapshot};
@@ -38,6 +38,8 @@ pub struct Engine {
     /// Journal length at which the state is compacted into a new snapshot (`state.compact_every`).
     /// Compaction is O(state), so doing it every N records keeps the cost per change constant.
     compact_every: usize,
+    /// The snapshot being written on a blocking thread, if any: requests do not wait for it.
+    compaction: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
 }
 
 fn missing_text(missing: &[(String, String)]) -> String {
@@ -103,6 +105,7 @@ impl Engine {
             published,
             repair,
             compact_every: crate::config::DEFAULT_COMPACT_EVERY,
+            compaction: None,
         }
     }
 
@@ -117,8 +120,8 @@ impl Engine {
     }
 
     /// Publishes the store's health (and counters) for `status`.
-    fn publish_store(&self, error: Option<String>) {
-        let status = store_status(&self.store, error);
+    fn publish_store(&self) {
+        let status = store_status(&self.store, self.store.failure().map(str::to_owned));
         self.published.edit(|s| {
             if s.store != status {
                 s.store = status;
@@ -130,7 +133,7 @@ impl Engine {
     /// failed on a full disk reports healthy again as soon as the disk has room.
     pub fn store_failure(&mut self) -> Option<String> {
         let failure = self.store.recover().err().map(|e| e.to_string());
-        self.publish_store(failure.clone());
+        self.publish_store();
         failure
     }
 
@@ -210,10 +213,60 @@ impl Engine {
         // Only here, after the change is committed to the model, may the model be written as the
         // snapshot that replaces the journal: compacting inside `persist` (before the commit) wrote
         // a snapshot without the change that triggered it, then emptied the journal that held it.
-        if self.store.journal_len() >= self.compact_every {
-            self.compact();
-        }
+        self.compaction_step().await;
         answer
+    }
+
+    /// Finishes a compaction whose snapshot is written, and starts one when the journal is long
+    /// enough. The snapshot is encoded and synced on a blocking thread from the published state
+    /// (which is exactly what the store holds: every record appended is committed by now), so
+    /// no request waits for it (8,000 keys: 177 ms in a debug build, in the request path).
+    async fn compaction_step(&mut self) {
+        if self
+            .compaction
+            .as_ref()
+            .is_some_and(|job| job.is_finished())
+        {
+            self.finish_compaction().await;
+        }
+        if self.compaction.is_some() || self.store.journal_len() < self.compact_every {
+            return;
+        }
+        let job = match self.store.begin_compaction() {
+            Ok(job) => job,
+            Err(e) => {
+                log::warn!("state compaction not started, journal kept: {e}");
+                return;
+            }
+        };
+        let state = self.published.load();
+        self.compaction = Some(tokio::task::spawn_blocking(move || {
+            let snapshot = Snapshot {
+                keys: state.model.keys().cloned().collect(),
+                vxcs: state.model.vxcs().cloned().collect(),
+            };
+            // Let the state go before the long part: the engine copies it while it is held.
+            drop(state);
+            job.write(&snapshot)
+        }));
+    }
+
+    /// Waits for the running compaction, if any, and ends it (at shutdown, and when it is done).
+    pub async fn finish_compaction(&mut self) {
+        let Some(job) = self.compaction.take() else {
+            return;
+        };
+        let written = job.await.unwrap_or_else(|e| {
+            Err(StoreError::Io {
+                action: "writing the snapshot",
+                path: self.store.dir().to_path_buf(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        if let Err(e) = self.store.finish_compaction(written) {
+            log::warn!("state compaction failed, journal kept: {e}");
+        }
+        self.publish_store();
     }
 
     async fn dispatch(&mut self, op: Op) -> Result<Value, Failure> {
@@ -365,24 +418,8 @@ impl Engine {
         } else {
             self.store.append_batch(records)
         };
-        let failure = written.as_ref().err().map(|e| e.to_string());
-        self.publish_store(failure);
+        self.publish_store();
         written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))
-    }
-
-    /// Writes the whole state as a snapshot. A failure only costs replay time: the journal stays.
-    pub fn compact(&mut self) {
-        let snapshot = {
-            let state = self.published.load();
-            Snapshot {
-                keys: state.model.keys().cloned().collect(),
-                vxcs: state.model.vxcs().cloned().collect(),
-            }
-        };
-        if let Err(e) = self.store.compact(&snapshot) {
-            log::warn!("state compaction failed, journal kept: {e}");
-        }
-        self.publish_store(self.published.load().store.error.clone());
     }
 
     /// Compares the kernel with the state and, unless observe-only, repairs the difference. Each

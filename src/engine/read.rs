@@ -142,10 +142,7 @@ impl ReadState {
                 }
                 .into()),
             },
-            Op::KeyList {} => {
-                let keys: Vec<_> = self.model.keys().map(|k| self.key_view(k, now)).collect();
-                Ok(json!({"keys": keys}))
-            }
+            Op::KeyList {} => Ok(json!({"keys": self.key_views(now)})),
             Op::VxcGet { id } => match self.model.vxc(id) {
                 Some(v) => Ok(json!({"vxc": self.vxc_view(v, None)})),
                 None => Err(RuleError::NotFound {
@@ -154,10 +151,7 @@ impl ReadState {
                 }
                 .into()),
             },
-            Op::VxcList {} => {
-                let vxcs: Vec<_> = self.model.vxcs().map(|v| self.vxc_view(v, None)).collect();
-                Ok(json!({"vxcs": vxcs}))
-            }
+            Op::VxcList {} => Ok(json!({"vxcs": self.vxc_views()})),
             Op::VxcPlan { vxc } => self
                 .model
                 .plan_vxc(vxc, now)
@@ -172,6 +166,16 @@ impl ReadState {
             },
             _ => return None,
         })
+    }
+
+    /// `key.list`'s keys.
+    pub fn key_views(&self, now: OffsetDateTime) -> Vec<KeyView> {
+        self.model.keys().map(|k| self.key_view(k, now)).collect()
+    }
+
+    /// `vxc.list`'s VXCs.
+    pub fn vxc_views(&self) -> Vec<VxcView> {
+        self.model.vxcs().map(|v| self.vxc_view(v, None)).collect()
     }
 
     pub fn port_pairs(&self) -> Vec<(String, String)> {

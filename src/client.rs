@@ -451,6 +451,7 @@ pub struct VxcArgs {
     /// standard input
     #[arg(long, value_name = "PATH", conflicts_with_all = [
         "id", "name", "key", "rate", "a_port", "a_vlan", "untagged", "service_level_ref",
+        "shutdown",
     ])]
     pub file: Option<PathBuf>,
     /// VXC id
@@ -477,6 +478,9 @@ pub struct VxcArgs {
     /// Billing reference (cost centre)
     #[arg(long, value_name = "REF")]
     pub service_level_ref: Option<String>,
+    /// Shut the VXC down: kept with its VLANs, but no frame crosses (omitted: carry frames)
+    #[arg(long)]
+    pub shutdown: bool,
 }
 
 impl VxcArgs {
@@ -502,6 +506,7 @@ impl VxcArgs {
                 untagged: self.untagged,
             },
             service_level_ref: self.service_level_ref.clone(),
+            shutdown: self.shutdown,
         })
     }
 }
@@ -1136,6 +1141,7 @@ mod tests {
             a_vlan: None,
             untagged: true,
             service_level_ref: Some("cc".into()),
+            shutdown: false,
         }
         .request()
         .unwrap();

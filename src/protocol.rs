@@ -53,6 +53,12 @@ pub enum Op {
     /// The packet inspector's counters and violations.
     #[serde(rename = "inspect")]
     Inspect {},
+    /// The kernel's counters of a VXC's ends and shapers (or, without id, of every VXC).
+    #[serde(rename = "vxc.stats")]
+    VxcStats {
+        #[serde(default)]
+        id: Option<String>,
+    },
 }
 
 /// The operation names, for `unknown_op` and for clients.
@@ -71,10 +77,11 @@ pub const OPS: &[&str] = &[
     "vxc.delete",
     "verify",
     "inspect",
+    "vxc.stats",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
-const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify"];
+const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify", "vxc.stats"];
 
 impl Op {
     /// Whether the operation needs a writer: it changes state, or (verify) sends frames into
@@ -236,9 +243,10 @@ fn check_ids(op: &Op) -> Result<(), crate::domain::RuleError> {
     use crate::domain::{KeyId, VxcId};
     match op {
         Op::KeyGet { key } | Op::KeyDelete { key } => KeyId::parse("key", key).map(drop),
-        Op::VxcGet { id } | Op::VxcDelete { id } | Op::Verify { id: Some(id) } => {
-            VxcId::parse("id", id).map(drop)
-        }
+        Op::VxcGet { id }
+        | Op::VxcDelete { id }
+        | Op::Verify { id: Some(id) }
+        | Op::VxcStats { id: Some(id) } => VxcId::parse("id", id).map(drop),
         _ => Ok(()),
     }
 }
@@ -316,12 +324,38 @@ pub struct VxcView {
     pub service_level_ref: Option<String>,
     pub a_end: EndView,
     pub b_end: EndView,
-    /// `up`, `pending`, `failed`, or `planned` (vxc.plan).
+    /// `up`, `shutdown` (shut down by the operator, its objects right), `pending`, `failed`,
+    /// or `planned` (vxc.plan).
     pub state: String,
     /// Why the VXC is pending or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
     pub created_at: String,
+    /// As put: true while the VXC is shut down.
+    #[serde(default)]
+    pub shutdown: bool,
+}
+
+/// `vxc.stats`: one VXC's ends with the kernel's counters, read at `read_at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VxcStatsView {
+    pub id: String,
+    pub state: String,
+    pub rate_mbps: u32,
+    pub read_at: String,
+    pub a_end: EndStatsView,
+    pub b_end: EndStatsView,
+}
+
+/// One end's counters: `counters` of the end interface and `shaper` of its TBF, `null` where
+/// the object is not in the kernel (a pending VXC, a port not configured).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndStatsView {
+    pub port: String,
+    pub vlan: Option<u16>,
+    pub interface: Option<String>,
+    pub counters: Option<crate::dataplane::InterfaceCounters>,
+    pub shaper: Option<crate::dataplane::ShaperCounters>,
 }
 
 /// A port as answered.

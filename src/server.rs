@@ -106,6 +106,7 @@ impl Control {
             Op::PortList {} => {
                 return Ok(serde_json::json!({"ports": self.reader.port_views().await}));
             }
+            Op::VxcStats { id } => return self.reader.vxc_stats(id.as_deref()).await,
             op if crate::engine::is_read(op) => {
                 if let Some(answer) = self.reader.state().answer(op) {
                     return answer;

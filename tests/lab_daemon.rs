@@ -855,6 +855,73 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= seq_before_kill, "snapshots only move on");
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
+
+    /// Issue 11, (1) and (2): a live A-End VLAN change moves the customer's ping from VLAN 200 to
+    /// 300 (make-before-break; the old subinterface gone, VLAN 200 free for another VXC, only the
+    /// new tag on the wire); shutdown stops every frame both ways while the VLANs stay reserved,
+    /// survives a restart as `shutdown`, and enabling brings the ping back.
+    fn a_live_vlan_change_moves_the_ping_and_shutdown_stops_every_frame() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        let mut vxcd = Vxcd::start(&topo.edge, PORTS, "");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        vxcd.ok(single_use_key("key-101", "prov", 101));
+        vxcd.ok(multi_use_key("key-m", "prov"));
+        let vxc1 = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100))["vxc"].clone();
+        assert_up(&vxc1, "cust0.200", "prov0.100");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        let b_index = topo.edge.ifindex("prov0.100");
+
+        // The customer moves to VLAN 300; so does the VXC.
+        topo.customer.ip("link del eth0.200");
+        topo.customer.add_vlan("eth0", 300, "10.1.0.1/24");
+        let customer_wire = topo.customer.capture("eth0", "");
+        let moved = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(300), 100))["vxc"].clone();
+        assert_up(&moved, "cust0.300", "prov0.100");
+        assert!(topo.edge.link("cust0.200").is_none(), "the old subinterface is still there");
+        assert_eq!(topo.edge.ifindex("prov0.100"), b_index, "the B-End was rebuilt, not kept");
+        topo.customer.assert_ping("10.1.0.2", 3);
+        customer_wire.wait_for(LIMIT, |l| icmp(l).len() >= 6);
+        let customer = customer_wire.stop();
+        assert_eq!(vlans_seen(&customer), BTreeSet::from([300]), "{}", customer.join("\n"));
+        // VLAN 200 is free again; 300 is taken.
+        let vxc2 = vxcd.ok(vxc_put("vxc-2", "key-101", AEnd::Vlan(200), 100))["vxc"].clone();
+        assert_up(&vxc2, "cust0.200", "prov0.101");
+        vxcd.ok(json!({"op": "vxc.delete", "id": "vxc-2"}));
+        let refused = vxcd.refused(vxc_put("vxc-3", "key-m", AEnd::Vlan(300), 100), "vlan_in_use");
+        assert!(refused.to_string().contains("vxc-1"), "{refused}");
+
+        // Shutdown: nothing crosses either way; the ends and their VLANs stay.
+        let shut = vxcd.ok(json!({"op": "vxc.put", "vxc": {"id": "vxc-1", "name": "lab vxc-1",
+            "service_key": "key-100", "rate_mbps": 100, "a_end": {"port": "cust", "vlan": 300},
+            "shutdown": true}}))["vxc"].clone();
+        assert_eq!((shut["state"].clone(), shut["shutdown"].clone()), (json!("shutdown"), json!(true)), "{shut}");
+        let mac = |ns: &Netns| ns.sh("cat /sys/class/net/eth0/address").trim().to_string();
+        let (cust_mac, prov_mac) = (mac(&topo.customer), mac(&topo.provider));
+        let at_provider = topo.provider.capture("eth0", &format!("ether src {cust_mac}"));
+        let at_customer = topo.customer.capture("eth0", &format!("ether src {prov_mac}"));
+        let from_customer = topo.customer.ping("10.1.0.2", 3);
+        let from_provider = topo.provider.ping("10.1.0.1", 3);
+        assert_eq!((from_customer.received, from_provider.received), (0, 0),
+            "a ping crossed a shut-down VXC:\n{}\n{}", from_customer.output, from_provider.output);
+        let (leaked_in, leaked_out) = (at_provider.stop(), at_customer.stop());
+        assert!(leaked_in.is_empty() && leaked_out.is_empty(),
+            "frames crossed a shut-down VXC:\nat the provider:\n{}\nat the customer:\n{}",
+            leaked_in.join("\n"), leaked_out.join("\n"));
+        assert!(topo.edge.link("cust0.300").is_some() && topo.edge.link("prov0.100").is_some());
+        vxcd.refused(vxc_put("vxc-3", "key-m", AEnd::Vlan(300), 100), "vlan_in_use");
+        vxcd.terminate();
+        vxcd.launch();
+        let after = vxcd.ok(json!({"op": "vxc.get", "id": "vxc-1"}))["vxc"].clone();
+        assert_eq!(after["state"], json!("shutdown"), "after a restart: {after}");
+        assert_eq!(topo.customer.ping("10.1.0.2", 2).received, 0, "a restart brought a shut VXC's pipe back");
+
+        // Enabled again: the ping is back.
+        let enabled = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(300), 100))["vxc"].clone();
+        assert_up(&enabled, "cust0.300", "prov0.100");
+        topo.customer.assert_ping("10.1.0.2", 3);
+    }
 }
 
 /// `vxcctl status` prints `field: value` lines.

@@ -277,6 +277,7 @@ impl Engine {
             Op::VxcPut { vxc } => self.put_vxc(&vxc, now).await,
             Op::VxcDelete { id } => self.delete_vxc(&id).await,
             Op::PortList {} => Ok(json!({"ports": self.reader().port_views().await})),
+            Op::VxcStats { id } => self.reader().vxc_stats(id.as_deref()).await,
             Op::Verify { id } => {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))
@@ -344,26 +345,56 @@ impl Engine {
             }
             Change::Updated { before, after } => {
                 let (before, after) = (before.clone(), after.clone());
-                let spec = self.spec(&after);
-                let reprogram = before.rate_mbps != after.rate_mbps
-                    && self.published.load().states.get(&after.id) == Some(&VxcState::Up);
-                if let (true, Some(spec)) = (reprogram, &spec) {
-                    self.dataplane
-                        .apply(spec)
-                        .await
-                        .map_err(|e| Failure::dataplane(e.to_string()))?;
+                let was_up = self.published.load().states.get(&after.id) == Some(&VxcState::Up);
+                let moved = before.a_end.vlan != after.a_end.vlan;
+                let reprogram = was_up
+                    && (before.rate_mbps != after.rate_mbps
+                        || before.shutdown != after.shutdown
+                        || moved);
+                let specs = (self.spec(&before), self.spec(&after));
+                if let (true, (Some(old), Some(new))) = (reprogram, &specs) {
+                    self.reprogram(old, new, moved).await?;
                 }
                 if let Err(failure) = self.persist(&[Record::Vxc { vxc: after.clone() }]) {
-                    if let (true, Some(old)) = (reprogram, self.spec(&before)) {
-                        self.undo(self.dataplane.apply(&old).await.map(|_| ()), &after.id);
+                    if let (true, (Some(old), Some(new))) = (reprogram, &specs) {
+                        let undone = self.reprogram(new, old, moved).await;
+                        self.undo(undone.map_err(|f| f.message), &after.id);
                     }
                     return Err(failure);
                 }
-                log::info!(vxc = after.id.as_str(), rate_mbps = after.rate_mbps; "VXC {} updated", after.id);
+                log::info!(
+                    vxc = after.id.as_str(), rate_mbps = after.rate_mbps,
+                    a_vlan = after.a_end.vlan.map(|v| v.get()).unwrap_or(0), shutdown = after.shutdown;
+                    "VXC {} updated{}{}", after.id,
+                    if moved { format!(": A-End VLAN {} -> {}", before.a_end.vlan.map(|v| v.get()).unwrap_or(0), after.a_end.vlan.map(|v| v.get()).unwrap_or(0)) } else { String::new() },
+                    match (before.shutdown, after.shutdown) { (false, true) => ": shut down", (true, false) => ": enabled", _ => "" }
+                );
                 self.published.edit(|s| s.model.commit_vxc(plan));
+                if moved {
+                    self.inspect_changed(&before);
+                    self.inspect_changed(&after);
+                }
                 Ok(json!({"vxc": self.published.load().vxc_view(&after, None)}))
             }
         }
+    }
+
+    /// Brings a live VXC from `old` to `new` in the kernel. A new A-End VLAN is made before the
+    /// old one is broken: the new subinterface is created, shaped and joined both ways (the
+    /// B-End's pipe now leads to it) and read back before the old subinterface is deleted, so
+    /// the answer comes only once the new tag works.
+    async fn reprogram(&self, old: &VxcSpec, new: &VxcSpec, moved: bool) -> Result<(), Failure> {
+        self.dataplane
+            .apply(new)
+            .await
+            .map_err(|e| Failure::dataplane(e.to_string()))?;
+        if moved {
+            if let Err(e) = self.dataplane.remove_end(old, dataplane::Side::A).await {
+                // Part of no VXC now: the reconciler removes it as an orphan.
+                log::error!(vxc = new.id.as_str(); "VXC {}: removing the old A-End failed, left to the reconciler: {e}", new.id);
+            }
+        }
+        Ok(())
     }
 
     /// Programs one VXC. A missing port interface makes it pending (it is stored and applied when
@@ -376,7 +407,7 @@ impl Engine {
         }
     }
 
-    fn undo(&self, result: Result<(), dataplane::DataplaneError>, vxc: &VxcId) {
+    fn undo<E: std::fmt::Display>(&self, result: Result<(), E>, vxc: &VxcId) {
         if let Err(e) = result {
             // The reconciler removes or restores it on its next pass: the state is the truth.
             log::error!(vxc = vxc.as_str(); "undoing VXC {vxc} in the kernel failed, left to the reconciler: {e}");

@@ -84,6 +84,40 @@ pub const OPS: &[&str] = &[
 const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify", "vxc.stats"];
 
 impl Op {
+    /// The operation's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello {} => "hello",
+            Op::Status {} => "status",
+            Op::PortList {} => "port.list",
+            Op::KeyPut { .. } => "key.put",
+            Op::KeyGet { .. } => "key.get",
+            Op::KeyList {} => "key.list",
+            Op::KeyDelete { .. } => "key.delete",
+            Op::VxcPut { .. } => "vxc.put",
+            Op::VxcPlan { .. } => "vxc.plan",
+            Op::VxcGet { .. } => "vxc.get",
+            Op::VxcList {} => "vxc.list",
+            Op::VxcDelete { .. } => "vxc.delete",
+            Op::Verify { .. } => "verify",
+            Op::Inspect {} => "inspect",
+            Op::VxcStats { .. } => "vxc.stats",
+        }
+    }
+
+    /// The object an operation is about, for the audit log ("key k-1", "VXC v-7", "every VXC").
+    pub fn object(&self) -> String {
+        match self {
+            Op::KeyPut { key } => format!("key {}", key.key),
+            Op::KeyGet { key } | Op::KeyDelete { key } => format!("key {key}"),
+            Op::VxcPut { vxc } | Op::VxcPlan { vxc } => format!("VXC {}", vxc.id),
+            Op::VxcGet { id } | Op::VxcDelete { id } => format!("VXC {id}"),
+            Op::Verify { id: Some(id) } | Op::VxcStats { id: Some(id) } => format!("VXC {id}"),
+            Op::Verify { id: None } | Op::VxcStats { id: None } => "every VXC".into(),
+            _ => String::new(),
+        }
+    }
+
     /// Whether the operation needs a writer: it changes state, or (verify) sends frames into
     /// customer ports.
     pub fn needs_writer(&self) -> bool {

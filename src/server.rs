@@ -36,6 +36,8 @@ pub struct Control {
     /// that neither kind of holder starves the other: partial request lines beyond
     /// [`FREE_BUFFER`] each ...
     budget: Arc<Semaphore>,
+    /// Rate bound of the audit lines of unauthorized attempts.
+    refusals: Mutex<RateLog>,
     /// ... and readers' answers computed but not yet written beyond [`FREE_ANSWER`] each.
     answer_budget: Arc<Semaphore>,
     answer_budget_bytes: usize,
@@ -64,6 +66,33 @@ impl Control {
             budget: Arc::new(Semaphore::new(total / 2)),
             answer_budget: Arc::new(Semaphore::new(answer_budget_bytes)),
             answer_budget_bytes,
+            refusals: Mutex::new(RateLog::new()),
+        }
+    }
+
+    /// The audit log: every change and every refused change, with who asked (journald fields
+    /// `UID`, `OP`, `OBJECT`, `OUTCOME`). A reader's refused attempts are logged at a bounded
+    /// rate: they are the one kind a local user can send without limit.
+    fn audit(&self, peer: Peer, op: &str, object: &str, failure: Option<&Failure>) {
+        match failure {
+            None => log::info!(
+                uid = peer.uid, op = op, object = object, outcome = "ok";
+                "uid {}: {op} {object}: ok", peer.uid
+            ),
+            Some(f) if f.code == "unauthorized" => {
+                if let Ok(mut limit) = self.refusals.lock() {
+                    if limit.allow() {
+                        log::warn!(
+                            uid = peer.uid, op = op, object = object, outcome = f.code;
+                            "uid {}: {op} {object}: refused, unauthorized{}", peer.uid, limit.suppressed_note()
+                        );
+                    }
+                }
+            }
+            Some(f) => log::warn!(
+                uid = peer.uid, op = op, object = object, outcome = f.code;
+                "uid {}: {op} {object}: refused, {}: {}", peer.uid, f.code, f.message
+            ),
         }
     }
 
@@ -285,6 +314,33 @@ impl RateLog {
         RateLog {
             last: None,
             suppressed: 0,
+        }
+    }
+
+    /// True when a line may be logged now; otherwise counts it as suppressed.
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < LOG_PERIOD)
+        {
+            self.suppressed += 1;
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// " (N more like it ... not logged)" for the line `allow` let through, and resets the count.
+    fn suppressed_note(&mut self) -> String {
+        let n = std::mem::take(&mut self.suppressed);
+        if n == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({n} more like it in the last {} s not logged)",
+                LOG_PERIOD.as_secs()
+            )
         }
     }
 
@@ -631,6 +687,10 @@ async fn respond(
                     return None;
                 }
                 let id = request.id.clone();
+                let audited = request
+                    .op
+                    .needs_writer()
+                    .then(|| (request.op.name(), request.op.object()));
                 let answered = match control
                     .list_line(&request, peer, || peer_connected(fd))
                     .await
@@ -641,6 +701,9 @@ async fn respond(
                         .await
                         .map(|result| protocol::success_line(&id, result)),
                 };
+                if let Some((op, object)) = audited {
+                    control.audit(peer, op, &object, answered.as_ref().err());
+                }
                 match answered {
                     Ok(line) => line,
                     Err(failure) if failure.code == "gone" => return None,

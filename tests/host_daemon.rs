@@ -315,6 +315,47 @@ fn changes_need_root_or_a_configured_writer() {
     assert_eq!(ok(d.call(json!({"op": "status"})))["keys"], json!(1));
 }
 
+/// Issue 11, audit: every change and every refused change is logged with the caller's uid, the
+/// op, the object and the outcome (journald fields UID, OP, OBJECT, OUTCOME; `key=value` on
+/// stderr); a reader's refused attempts at a bounded rate.
+#[test]
+fn every_change_and_refusal_is_audited_with_uid_op_and_outcome() {
+    let (_ns, d) = with_present_ports();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(call_as(4242, &d.socket, &multi_use_key("m-1", "syd-1")));
+    let mut bad = multi_use_key("m-2", "syd-1");
+    bad["key"]["max_speed_mbps"] = json!(0);
+    err(d.call(bad), "rate_invalid");
+    err(
+        d.call(json!({"op": "vxc.delete", "id": "v-404"})),
+        "not_found",
+    );
+    for _ in 0..20 {
+        err(
+            call_as(4243, &d.socket, &multi_use_key("m-3", "syd-1")),
+            "unauthorized",
+        );
+    }
+    ok(d.call(json!({"op": "key.list"})));
+    let log = d.log();
+    for line in [
+        "uid 4242: key.put key m-1: ok uid=4242 op=key.put object=key m-1 outcome=ok",
+        "uid 0: key.put key m-2: refused, rate_invalid",
+        "uid=0 op=key.put object=key m-2 outcome=rate_invalid",
+        "uid 0: vxc.delete VXC v-404: refused, not_found",
+        "uid 4243: key.put key m-3: refused, unauthorized uid=4243 op=key.put object=key m-3 outcome=unauthorized",
+    ] {
+        assert!(log.contains(line), "no audit line {line:?} in:\n{log}");
+    }
+    let refusals = log.matches("uid 4243: key.put").count();
+    assert_eq!(
+        refusals, 1,
+        "20 refused attempts in a burst must log once:\n{log}"
+    );
+    assert!(!log.contains("key.list"), "reads are not audited:\n{log}");
+}
+
 #[test]
 fn many_concurrent_clients_each_get_their_own_answers_in_order() {
     let (_ns, d) = with_present_ports();

@@ -59,6 +59,12 @@ pub enum Op {
         #[serde(default)]
         id: Option<String>,
     },
+    /// Turns the connection into a stream of events (after `since`, from the ring, then live).
+    #[serde(rename = "watch")]
+    Watch {
+        #[serde(default)]
+        since: Option<u64>,
+    },
 }
 
 /// The operation names, for `unknown_op` and for clients.
@@ -78,6 +84,7 @@ pub const OPS: &[&str] = &[
     "verify",
     "inspect",
     "vxc.stats",
+    "watch",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
@@ -102,6 +109,7 @@ impl Op {
             Op::Verify { .. } => "verify",
             Op::Inspect {} => "inspect",
             Op::VxcStats { .. } => "vxc.stats",
+            Op::Watch { .. } => "watch",
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Peer {
 pub struct Control {
     pub engine: tokio::sync::Mutex<Engine>,
     pub reader: Reader,
+    /// What `watch` streams.
+    pub events: Arc<crate::engine::Events>,
     pub access: Access,
     /// Readers' list answers computed at once (root and the writers do not wait for it): the
     /// work of a reader flood is bounded by the cores, not by the connections.
@@ -55,12 +57,14 @@ pub struct AnswerHold {
 impl Control {
     pub fn new(engine: Engine, access: Access) -> Self {
         let reader = engine.reader();
+        let events = engine.events();
         let total = access.buffer_budget.min(Semaphore::MAX_PERMITS);
         let answer_budget_bytes = total - total / 2;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Control {
             engine: tokio::sync::Mutex::new(engine),
             reader,
+            events,
             access,
             heavy_reads: Semaphore::new(cores),
             budget: Arc::new(Semaphore::new(total / 2)),
@@ -660,28 +664,114 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Some((answer, _hold)) = respond(line, peer, fd, &control, &mut shutdown).await else {
-            return;
-        };
-        if !send(&mut stream, answer, idle).await {
-            return;
+        match respond(line, peer, fd, &control, &mut shutdown).await {
+            None => return,
+            Some(Responded::Watch(request)) => {
+                return stream_events(stream, request, &control, shutdown, idle).await;
+            }
+            Some(Responded::Answer(answer, _hold)) => {
+                if !send(&mut stream, answer, idle).await {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// The answer line to one request line, and what it holds of the budget until it is written;
-/// `None` when the peer has gone or the daemon stops.
+enum Responded {
+    /// The answer line, and what it holds of the budget until it is written.
+    Answer(String, AnswerHold),
+    /// A `watch`: the connection becomes a stream of events.
+    Watch(Request),
+}
+
+/// `watch`: one answer line (`{"watching": true, "last_seq": N}`), then one line per event,
+/// until the peer closes, stops reading for `idle`, or the daemon stops. What the peer sends
+/// meanwhile is read and ignored (a closed peer is noticed that way).
+async fn stream_events(
+    mut stream: UnixStream,
+    request: Request,
+    control: &Control,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Duration,
+) {
+    let Op::Watch { since } = request.op else {
+        return;
+    };
+    let sub = control.events.subscribe(since);
+    let mut live = sub.live;
+    let answer = protocol::success_line(
+        &request.id,
+        serde_json::json!({"watching": true, "last_seq": sub.last_seq}),
+    );
+    if !send(&mut stream, answer, idle).await {
+        return;
+    }
+    let mut last = sub.last_seq;
+    for event in sub.replay {
+        last = last.max(event.seq);
+        if !send_event(&mut stream, &event, idle).await {
+            return;
+        }
+    }
+    let (mut read, mut write) = stream.into_split();
+    let mut sink = [0u8; 512];
+    loop {
+        let event = tokio::select! {
+            event = live.recv() => event,
+            n = read.read(&mut sink) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Too slow for the live stream: say so, and go on from what comes next.
+                std::sync::Arc::new(crate::engine::Event {
+                    seq: last,
+                    time: crate::engine::rfc3339(time::OffsetDateTime::now_utc()),
+                    kind: crate::engine::EventKind::Gap { missed_after: last },
+                })
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        last = last.max(event.seq);
+        let mut line = match serde_json::to_string(&*event) {
+            Ok(line) => line,
+            Err(_) => continue,
+        };
+        line.push('\n');
+        match tokio::time::timeout(idle, write.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+async fn send_event(stream: &mut UnixStream, event: &crate::engine::Event, idle: Duration) -> bool {
+    match serde_json::to_string(event) {
+        Ok(line) => send(stream, line, idle).await,
+        Err(_) => true,
+    }
+}
+
+/// The answer to one request line; `None` when the peer has gone or the daemon stops.
 async fn respond(
     line: &[u8],
     peer: Peer,
     fd: RawFd,
     control: &Control,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(String, AnswerHold)> {
+) -> Option<Responded> {
     let mut reserved = None;
     loop {
         let answer = match protocol::parse_request(line) {
             Err((id, failure)) => protocol::failure_line(&id, &failure),
+            Ok(request) if matches!(request.op, Op::Watch { .. }) => {
+                return Some(Responded::Watch(request));
+            }
             Ok(request) => {
                 if !peer_connected(fd) {
                     return None;
@@ -712,10 +802,10 @@ async fn respond(
             }
         };
         if let Some(hold) = reserved.take() {
-            return Some((answer, hold));
+            return Some(Responded::Answer(answer, hold));
         }
         if let Some(hold) = control.hold_answer(peer, answer.len()) {
-            return Some((answer, hold));
+            return Some(Responded::Answer(answer, hold));
         }
         // Unread answers of other readers fill the budget: drop this one rather than hold it,
         // wait until its size fits, then answer again (only reads are this large, so answering

@@ -856,6 +856,49 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 
+    /// Issue 11, (5): a `watch` client sees the events of a put, a drift repair (a subinterface
+    /// deleted by hand) and a delete, in order with increasing seq; one reconnecting with `since`
+    /// gets what it missed.
+    fn watch_streams_put_repair_and_delete_and_since_replays_them() {
+        let topo = Topology::new();
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "[reconcile]\ninterval_s = 3600\n");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        let mut watcher = vxcd.client();
+        let started = watcher.call(&json!({"op": "watch"})).expect("watch answer");
+        assert_eq!(started["result"]["watching"], json!(true), "{started}");
+        vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100));
+        topo.edge.ip("link del cust0.200");
+        wait_until(LIMIT, "the reconciler to repair cust0.200", || topo.edge.link("cust0.200").is_some());
+        vxcd.ok(json!({"op": "vxc.delete", "id": "vxc-1"}));
+        let mut seen = Vec::new();
+        while !seen.iter().any(|e: &Value| e["event"] == json!("vxc_deleted")) {
+            let event = watcher.next_line().expect("the watch stream ended early");
+            seen.push(event);
+        }
+        let kinds: Vec<&str> = seen.iter().map(|e| e["event"].as_str().unwrap_or("")).collect();
+        let position = |kind: &str| kinds.iter().position(|k| *k == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"));
+        assert!(position("vxc_created") < position("drift_repaired"), "{kinds:?}");
+        assert!(position("drift_repaired") < position("vxc_deleted"), "{kinds:?}");
+        assert!(kinds.contains(&"key_used") && kinds.contains(&"vxc_state"), "{kinds:?}");
+        let repaired = &seen[position("drift_repaired")];
+        assert_eq!(repaired["vxc"], json!("vxc-1"), "{repaired}");
+        assert!(repaired["what"].to_string().contains("cust0.200"), "{repaired}");
+        let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing: {seqs:?}");
+        assert!(seen.iter().all(|e| e["time"].is_string()), "{seen:?}");
+
+        // A watcher that saw only up to vxc_created gets the rest again.
+        let created = seqs[position("vxc_created")];
+        let mut late = vxcd.client();
+        let answer = late.call(&json!({"op": "watch", "since": created})).expect("watch answer");
+        assert_eq!(answer["result"]["last_seq"], json!(seqs[seqs.len() - 1]), "{answer}");
+        let replayed: Vec<Value> = (created + 1..=seqs[seqs.len() - 1])
+            .map(|_| late.next_line().expect("replay"))
+            .collect();
+        assert_eq!(replayed, seen[position("vxc_created") + 1..].to_vec());
+    }
+
     /// Issue 11, (1) and (2): a live A-End VLAN change moves the customer's ping from VLAN 200 to
     /// 300 (make-before-break; the old subinterface gone, VLAN 200 free for another VXC, only the
     /// new tag on the wire); shutdown stops every frame both ways while the VLANs stay reserved,

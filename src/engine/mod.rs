@@ -5,6 +5,7 @@
 //! steps before it, so what was acknowledged is always in the state and the kernel, and nothing
 //! else is. Reads never come here: they are answered from the published state ([`read`]).
 
+mod events;
 mod read;
 mod record;
 mod verify;
@@ -24,7 +25,8 @@ use crate::inspector::{self, InspectConfig, Inspector};
 use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
-pub use read::{is_read, Published, ReadState, Reader, VxcState};
+pub use events::{Event, EventKind, Events, Subscription, RING_SIZE};
+pub use read::{is_read, rfc3339, Published, ReadState, Reader, VxcState};
 pub use record::{load_state, Record, Snapshot};
 pub use verify::run_verify;
 
@@ -40,6 +42,8 @@ pub struct Engine {
     compact_every: usize,
     /// The snapshot being written on a blocking thread, if any: requests do not wait for it.
     compaction: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    /// What `watch` streams.
+    events: Arc<Events>,
 }
 
 fn missing_text(missing: &[(String, String)]) -> String {
@@ -106,12 +110,18 @@ impl Engine {
             repair,
             compact_every: crate::config::DEFAULT_COMPACT_EVERY,
             compaction: None,
+            events: Arc::new(Events::default()),
         }
     }
 
     /// The read side, for the server: answers from what this engine publishes.
     pub fn reader(&self) -> Reader {
         Reader::new(self.published.clone(), self.dataplane.clone())
+    }
+
+    /// The event stream, for `watch`.
+    pub fn events(&self) -> Arc<Events> {
+        self.events.clone()
     }
 
     /// Sets the journal length that triggers a compaction (at least 1).
@@ -300,6 +310,9 @@ impl Engine {
             self.persist(&[Record::Key { key: key.clone() }])?;
             log::info!(key = key.id.as_str(), port = key.port.as_str(); "service key {} stored", key.id);
             self.published.edit(|s| s.model.commit_key(change));
+            self.events.emit(EventKind::KeyStored {
+                key: key.id.to_string(),
+            });
         }
         Ok(json!({"key": self.published.load().key_view(&key, now)}))
     }
@@ -336,11 +349,32 @@ impl Engine {
                     b_port = vxc.b_end.port.as_str(), b_vlan = vxc.b_end.vlan.get(), rate_mbps = vxc.rate_mbps;
                     "VXC {} created: {}", vxc.id, state.name()
                 );
+                let used = plan
+                    .key_after
+                    .as_ref()
+                    .filter(|k| k.single_use)
+                    .map(|k| k.id.to_string());
+                let state_name = state.name();
+                let reason = state.reason();
                 self.published.edit(|s| {
                     s.states.insert(vxc.id.clone(), state);
                     s.model.commit_vxc(plan);
                 });
                 self.inspect_changed(&vxc);
+                let id = vxc.id.to_string();
+                self.events.emit(EventKind::VxcCreated { vxc: id.clone() });
+                if let Some(key) = used {
+                    self.events.emit(EventKind::KeyUsed {
+                        key,
+                        vxc: id.clone(),
+                    });
+                }
+                self.events.emit(EventKind::VxcState {
+                    vxc: id,
+                    old: "new".into(),
+                    new: state_name.into(),
+                    reason,
+                });
                 Ok(json!({"vxc": self.published.load().vxc_view(&vxc, None)}))
             }
             Change::Updated { before, after } => {
@@ -370,6 +404,24 @@ impl Engine {
                     match (before.shutdown, after.shutdown) { (false, true) => ": shut down", (true, false) => ": enabled", _ => "" }
                 );
                 self.published.edit(|s| s.model.commit_vxc(plan));
+                let changed: Vec<String> = [
+                    ("name", before.name != after.name),
+                    ("rate_mbps", before.rate_mbps != after.rate_mbps),
+                    (
+                        "service_level_ref",
+                        before.service_level_ref != after.service_level_ref,
+                    ),
+                    ("a_end.vlan", moved),
+                    ("shutdown", before.shutdown != after.shutdown),
+                ]
+                .into_iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(field, _)| field.to_owned())
+                .collect();
+                self.events.emit(EventKind::VxcUpdated {
+                    vxc: after.id.to_string(),
+                    changed,
+                });
                 if moved {
                     self.inspect_changed(&before);
                     self.inspect_changed(&after);
@@ -439,6 +491,9 @@ impl Engine {
             s.states.remove(&vxc.id);
         });
         self.inspect_changed(&vxc);
+        self.events.emit(EventKind::VxcDeleted {
+            vxc: vxc.id.to_string(),
+        });
         Ok(json!({"deleted": vxc.id}))
     }
 
@@ -480,10 +535,12 @@ impl Engine {
         let kernel_8021q = kernel_has_8021q();
         match outcome {
             Ok((states, repaired)) => {
-                let counts = self.published.edit(|s| {
-                    for (id, state) in unconfigured.into_iter().chain(states) {
-                        set_state(&mut s.states, id, state);
-                    }
+                let (counts, changes) = self.published.edit(|s| {
+                    let changes: Vec<EventKind> = unconfigured
+                        .into_iter()
+                        .chain(states)
+                        .filter_map(|(id, state)| set_state(&mut s.states, id, state))
+                        .collect();
                     s.drift_repairs += repaired;
                     s.last_reconcile = Some(OffsetDateTime::now_utc());
                     s.kernel_8021q = kernel_8021q;
@@ -491,8 +548,11 @@ impl Engine {
                     for state in s.states.values() {
                         *counts.entry(state.name()).or_default() += 1;
                     }
-                    counts
+                    (counts, changes)
                 });
+                for change in changes {
+                    self.events.emit(change);
+                }
                 if first || repaired > 0 {
                     log::info!(
                         "reconciled in {:.2} s: {repaired} repairs; VXCs {counts:?}",
@@ -501,11 +561,15 @@ impl Engine {
                 }
             }
             Err(e) => {
-                self.published.edit(|s| {
-                    for (id, state) in unconfigured {
-                        set_state(&mut s.states, id, state);
-                    }
+                let changes: Vec<EventKind> = self.published.edit(|s| {
+                    unconfigured
+                        .into_iter()
+                        .filter_map(|(id, state)| set_state(&mut s.states, id, state))
+                        .collect()
                 });
+                for change in changes {
+                    self.events.emit(change);
+                }
                 log::error!("reconcile: reading the kernel failed: {e}");
             }
         }
@@ -530,6 +594,10 @@ impl Engine {
                     repairs += 1;
                     let what: Vec<String> = applied.changes.iter().map(|c| c.to_string()).collect();
                     log::warn!(vxc = id.as_str(); "VXC {id}: repaired: {}", what.join("; "));
+                    self.events.emit(EventKind::DriftRepaired {
+                        vxc: Some(id.to_string()),
+                        what,
+                    });
                     VxcState::Up
                 }
                 VxcOutcome::Pending(missing) => VxcState::Pending(missing_text(&missing)),
@@ -543,6 +611,10 @@ impl Engine {
         for orphan in report.orphans_removed {
             repairs += 1;
             log::warn!("removed {orphan}: owned by vxcd but part of no VXC in the state");
+            self.events.emit(EventKind::DriftRepaired {
+                vxc: None,
+                what: vec![format!("removed {orphan}")],
+            });
         }
         // Not counted as drift: a port's IPv6 is the host's default, not a change to vxcd's objects.
         for (port, done) in report.ports_quieted {
@@ -590,9 +662,19 @@ impl Engine {
 }
 
 /// Records a VXC's state, logging every change of it (a VXC going pending when its port
-/// interface disappears, coming back up, failing).
-fn set_state(states: &mut HashMap<VxcId, VxcState>, id: VxcId, state: VxcState) {
+/// interface disappears, coming back up, failing); the change as an event.
+fn set_state(
+    states: &mut HashMap<VxcId, VxcState>,
+    id: VxcId,
+    state: VxcState,
+) -> Option<EventKind> {
     let before = states.get(&id);
+    let event = (before != Some(&state)).then(|| EventKind::VxcState {
+        vxc: id.to_string(),
+        old: before.map_or("new", VxcState::name).to_owned(),
+        new: state.name().to_owned(),
+        reason: state.reason(),
+    });
     // A VXC found right at start is in the summary; one line each would bury the rest.
     let quiet = before.is_none() && state == VxcState::Up;
     if before != Some(&state) && !quiet {
@@ -604,4 +686,5 @@ fn set_state(states: &mut HashMap<VxcId, VxcState>, id: VxcId, state: VxcState) 
         }
     }
     states.insert(id, state);
+    event
 }

@@ -59,6 +59,18 @@ pub enum Op {
         #[serde(default)]
         id: Option<String>,
     },
+    /// The complete desired state: applied so that exactly these VXCs exist (keys cannot be
+    /// removed: those absent are left and listed).
+    #[serde(rename = "sync")]
+    Sync {
+        generation: u64,
+        #[serde(default)]
+        keys: Vec<KeyRequest>,
+        #[serde(default)]
+        vxcs: Vec<VxcRequest>,
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Turns the connection into a stream of events (after `since`, from the ring, then live).
     #[serde(rename = "watch")]
     Watch {
@@ -85,6 +97,7 @@ pub const OPS: &[&str] = &[
     "inspect",
     "vxc.stats",
     "watch",
+    "sync",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
@@ -110,6 +123,7 @@ impl Op {
             Op::Inspect {} => "inspect",
             Op::VxcStats { .. } => "vxc.stats",
             Op::Watch { .. } => "watch",
+            Op::Sync { .. } => "sync",
         }
     }
 
@@ -122,6 +136,7 @@ impl Op {
             Op::VxcGet { id } | Op::VxcDelete { id } => format!("VXC {id}"),
             Op::Verify { id: Some(id) } | Op::VxcStats { id: Some(id) } => format!("VXC {id}"),
             Op::Verify { id: None } | Op::VxcStats { id: None } => "every VXC".into(),
+            Op::Sync { generation, .. } => format!("generation {generation}"),
             _ => String::new(),
         }
     }
@@ -136,6 +151,7 @@ impl Op {
                 | Op::VxcPut { .. }
                 | Op::VxcDelete { .. }
                 | Op::Verify { .. }
+                | Op::Sync { .. }
         )
     }
 }
@@ -435,6 +451,9 @@ pub struct StatusView {
     /// Whether the state can be written.
     #[serde(default)]
     pub store: StoreStatus,
+    /// The last full-state `sync` generation applied (`null`: none yet).
+    #[serde(default)]
+    pub generation: Option<u64>,
 }
 
 /// `status.store`: `ok` false while the store refuses writes (e.g. the disk is full); `error` says

@@ -856,6 +856,49 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 
+    /// Issue 11, (6) in the kernel: a sync brings its VXCs up; the same sync again touches no
+    /// kernel object (same ifindexes, no change reported); dropping a VXC from the set removes
+    /// its objects.
+    fn sync_programs_the_set_and_the_same_sync_again_touches_nothing() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "");
+        let keys = json!([single_use_key("key-100", "prov", 100)["key"], multi_use_key("key-m", "prov")["key"]]);
+        let body = |v: Value| v["vxc"].clone();
+        let set = json!([body(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100)),
+            body(vxc_put("vxc-2", "key-m", AEnd::Vlan(201), 100))]);
+        let sync = |generation: u64, vxcs: &Value| json!({"op": "sync", "generation": generation,
+            "keys": keys.clone(), "vxcs": vxcs.clone()});
+        let first = vxcd.ok(sync(1, &set));
+        assert_eq!(first["vxcs"]["created"], json!(["vxc-1", "vxc-2"]), "{first}");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        let ends: Vec<String> = end_interfaces(&vxcd.vxcs()).into_iter().collect();
+        assert_eq!(ends.len(), 4, "{ends:?}");
+        let indexes: Vec<u32> = ends.iter().map(|e| topo.edge.ifindex(e)).collect();
+        let qdiscs = topo.edge.tc("qdisc show");
+        let log_before = vxcd.log().len();
+        let again = vxcd.ok(sync(1, &set));
+        assert_eq!(again["vxcs"]["unchanged"], json!(["vxc-1", "vxc-2"]), "{again}");
+        assert_eq!(ends.iter().map(|e| topo.edge.ifindex(e)).collect::<Vec<_>>(), indexes);
+        assert_eq!(topo.edge.tc("qdisc show"), qdiscs, "the same sync changed a qdisc");
+        let said = vxcd.log()[log_before..].to_string();
+        // Every change of a VXC is logged as "VXC <id> ..."; the summary says it changed none.
+        assert!(!said.contains("VXC vxc-") && !said.contains("repaired"),
+            "the same sync again changed something:\n{said}");
+        assert!(said.contains("0 created, 0 updated, 0 deleted, 2 unchanged"), "{said}");
+        let fewer = json!([set[0].clone()]);
+        let second = vxcd.ok(sync(2, &fewer));
+        assert_eq!(second["vxcs"]["deleted"], json!(["vxc-2"]), "{second}");
+        let left = end_interfaces(&vxcd.vxcs());
+        for end in ends.iter().filter(|e| !left.contains(*e)) {
+            assert!(topo.edge.link(end).is_none(), "{end} of the dropped VXC is still there");
+        }
+        assert_eq!(left.len(), 2, "{left:?}");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        assert_eq!(vxcd.status()["generation"], json!(2));
+    }
+
     /// Issue 11, (5): a `watch` client sees the events of a put, a drift repair (a subinterface
     /// deleted by hand) and a delete, in order with increasing seq; one reconnecting with `since`
     /// gets what it missed.

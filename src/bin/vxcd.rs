@@ -167,7 +167,11 @@ async fn run(config: Config) -> Result<(), String> {
     vxcd::server::raise_fd_limit();
     let access = config.access()?;
     let ports = config.ports();
-    let (model, store) = engine::load_state(&config.state.dir, &ports)?;
+    let engine::Loaded {
+        model,
+        store,
+        generation,
+    } = engine::load_state(&config.state.dir, &ports)?;
     log::info!(
         "state loaded from {}: {} keys, {} VXCs",
         config.state.dir.display(),
@@ -187,6 +191,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| gone(&config, format!("subscribing to kernel events: {e}")))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.set_compact_every(config.state.compact_every);
+    engine.restore_generation(generation);
     engine.reconcile().await;
     engine.start_inspector(config.inspector());
     let control = Arc::new(Control::new(engine, access));

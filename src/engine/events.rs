@@ -68,6 +68,10 @@ pub enum EventKind {
         vxc: Option<String>,
         what: Vec<String>,
     },
+    /// A full-state `sync` of this generation is in the kernel and on disk.
+    GenerationApplied {
+        generation: u64,
+    },
     /// Events were lost to this watcher (the ring moved on, or `since` is from another run).
     Gap {
         missed_after: u64,

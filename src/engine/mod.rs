@@ -8,6 +8,7 @@
 mod events;
 mod read;
 mod record;
+mod sync;
 mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,7 +28,7 @@ use crate::store::{Store, StoreError};
 
 pub use events::{Event, EventKind, Events, Subscription, RING_SIZE};
 pub use read::{is_read, rfc3339, Published, ReadState, Reader, VxcState};
-pub use record::{load_state, Record, Snapshot};
+pub use record::{load_state, Loaded, Record, Snapshot};
 pub use verify::run_verify;
 
 pub struct Engine {
@@ -100,6 +101,7 @@ impl Engine {
             last_reconcile: None,
             drift_repairs: 0,
             kernel_8021q: kernel_has_8021q(),
+            generation: None,
             store: store_status(&store, None),
             inspector: None,
         });
@@ -122,6 +124,11 @@ impl Engine {
     /// The event stream, for `watch`.
     pub fn events(&self) -> Arc<Events> {
         self.events.clone()
+    }
+
+    /// The last `sync` generation applied, as read from the state at start.
+    pub fn restore_generation(&mut self, generation: Option<u64>) {
+        self.published.edit(|s| s.generation = generation);
     }
 
     /// Sets the journal length that triggers a compaction (at least 1).
@@ -254,6 +261,7 @@ impl Engine {
             let snapshot = Snapshot {
                 keys: state.model.keys().cloned().collect(),
                 vxcs: state.model.vxcs().cloned().collect(),
+                generation: state.generation,
             };
             // Let the state go before the long part: the engine copies it while it is held.
             drop(state);
@@ -288,6 +296,12 @@ impl Engine {
             Op::VxcDelete { id } => self.delete_vxc(&id).await,
             Op::PortList {} => Ok(json!({"ports": self.reader().port_views().await})),
             Op::VxcStats { id } => self.reader().vxc_stats(id.as_deref()).await,
+            Op::Sync {
+                generation,
+                keys,
+                vxcs,
+                dry_run,
+            } => self.sync(generation, &keys, &vxcs, dry_run, now).await,
             Op::Verify { id } => {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))

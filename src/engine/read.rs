@@ -72,6 +72,8 @@ pub struct ReadState {
     /// a file scan per poll).
     pub kernel_8021q: bool,
     pub store: StoreStatus,
+    /// The last full-state `sync` generation applied.
+    pub generation: Option<u64>,
     /// The packet inspector, when enabled (it is shared: its tables have their own lock).
     pub inspector: Option<Arc<Inspector>>,
 }
@@ -293,6 +295,7 @@ impl ReadState {
             vxc_states,
             inspector: self.inspector_status(),
             store: self.store.clone(),
+            generation: self.generation,
         }
     }
 

@@ -777,6 +777,7 @@ async fn respond(
                     return None;
                 }
                 let id = request.id.clone();
+                let op_name = request.op.name();
                 let audited = request
                     .op
                     .needs_writer()
@@ -791,6 +792,10 @@ async fn respond(
                         .await
                         .map(|result| protocol::success_line(&id, result)),
                 };
+                crate::metrics::count_request(
+                    op_name,
+                    answered.as_ref().err().map_or("ok", |f| f.code),
+                );
                 if let Some((op, object)) = audited {
                     control.audit(peer, op, &object, answered.as_ref().err());
                 }

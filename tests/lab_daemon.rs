@@ -856,6 +856,75 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 
+    /// Issue 11, (3) and (4): `vxc.stats` and `/metrics` count a measured number of pings on
+    /// both ends and shapers, and a flow at three times the rate shows as the B-End shaper's
+    /// drops, the same figures in both (scraped with curl, parsed by prometheus-parse).
+    fn stats_and_metrics_count_the_pings_and_the_shapers_drops() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        topo.edge.ip("link set lo up");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "[metrics]\nlisten = \"127.0.0.1:9863\"\n");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 10));
+        // Neighbours resolved first, so the counted pings are the only frames.
+        topo.customer.assert_ping("10.1.0.2", 1);
+        let stats = || vxcd.ok(json!({"op": "vxc.stats", "id": "vxc-1"}))["vxc"].clone();
+        let n = |v: &Value, end: &str, part: &str, field: &str| {
+            v[end][part][field].as_u64().unwrap_or_else(|| panic!("{end}.{part}.{field} in {v}"))
+        };
+        let s0 = stats();
+        topo.customer.assert_ping("10.1.0.2", 10);
+        let s1 = stats();
+        let moved = |end: &str, part: &str, field: &str| n(&s1, end, part, field) - n(&s0, end, part, field);
+        // Echo requests enter the A-End and leave through the B-End's shaper; replies the other
+        // way. A stray neighbour probe may add one or two.
+        for (end, part, field) in [("a_end", "counters", "rx_packets"), ("b_end", "shaper", "sent_packets"),
+            ("b_end", "counters", "rx_packets"), ("a_end", "shaper", "sent_packets")] {
+            let d = moved(end, part, field);
+            assert!((10..=12).contains(&d), "{end}.{part}.{field} moved by {d} for 10 pings\n{s0}\n{s1}");
+        }
+        assert_eq!(n(&s1, "b_end", "shaper", "drops"), n(&s0, "b_end", "shaper", "drops"));
+        assert!(s1["read_at"].is_string(), "{s1}");
+
+        // 30 Mbit/s offered into a 10 Mbit/s VXC.
+        let (_, received, _) = measure_udp(&topo.customer, &topo.provider, "10.1.0.2", 30.0, Duration::from_secs(2));
+        let s2 = stats();
+        let d = |end: &str, part: &str, field: &str| n(&s2, end, part, field) - n(&s1, end, part, field);
+        let (entered, sent, dropped) = (d("a_end", "counters", "rx_packets"),
+            d("b_end", "shaper", "sent_packets"), d("b_end", "shaper", "drops"));
+        assert!(dropped > entered / 4, "the shaper dropped {dropped} of {entered}\n{s2}");
+        assert!(sent >= received, "the shaper sent {sent}, the provider received {received} after the first");
+        let accounted = sent + dropped;
+        assert!(accounted <= entered && accounted + entered / 50 + 5 >= entered,
+            "entered {entered}, sent {sent} + dropped {dropped}\n{s2}");
+
+        let text = topo.edge.exec("curl", &["-sf", "http://127.0.0.1:9863/metrics"]);
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("parsing /metrics");
+        let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            let found = scrape.samples.iter().find(|s| s.metric == name
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics:\n{text}"));
+            match found.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            }
+        };
+        let b = [("vxc", "vxc-1"), ("end", "b")];
+        let a = [("vxc", "vxc-1"), ("end", "a")];
+        assert_eq!(sample("vxcd_shaper_drops_total", &b), n(&s2, "b_end", "shaper", "drops") as f64);
+        assert_eq!(sample("vxcd_shaper_sent_packets_total", &b), n(&s2, "b_end", "shaper", "sent_packets") as f64);
+        assert_eq!(sample("vxcd_end_rx_packets_total", &a), n(&s2, "a_end", "counters", "rx_packets") as f64);
+        assert_eq!(sample("vxcd_vxc_state", &[("vxc", "vxc-1"), ("state", "up")]), 1.0);
+        assert_eq!(sample("vxcd_vxc_rate_mbps", &[("vxc", "vxc-1")]), 10.0);
+        assert!(sample("vxcd_requests_total", &[("op", "vxc.put"), ("outcome", "ok")]) >= 1.0);
+        assert!(sample("vxcd_requests_total", &[("op", "vxc.stats"), ("outcome", "ok")]) >= 3.0);
+        assert!(sample("vxcd_reconcile_passes_total", &[]) >= 1.0);
+        assert!(text.contains("vxcd_store_write_duration_seconds_bucket"), "{text}");
+    }
+
     /// Issue 11, (6) in the kernel: a sync brings its VXCs up; the same sync again touches no
     /// kernel object (same ifindexes, no change reported); dropping a VXC from the set removes
     /// its objects.

@@ -16,6 +16,7 @@ command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
+command -v curl >/dev/null || need_pkgs+=(curl)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 # rustup's toolchain links with the system C compiler.
 command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)

@@ -197,6 +197,14 @@ async fn run(config: Config) -> Result<(), String> {
     let control = Arc::new(Control::new(engine, access));
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, control.clone(), stopped.clone()));
+    if let Some(listen) = config.metrics_listen() {
+        let (reader, stopped) = (control.reader.clone(), stopped.clone());
+        tokio::spawn(async move {
+            if let Err(e) = vxcd::metrics::serve(listen, reader, stopped).await {
+                log::error!("{e}; running without metrics");
+            }
+        });
+    }
     tokio::spawn(vxcd::reconcile::run(
         control.clone(),
         Duration::from_secs(config.reconcile.interval_s),

@@ -513,11 +513,15 @@ impl Engine {
 
     /// Makes records durable. Compaction is left to [`Engine::handle`], after the commit.
     fn persist(&mut self, records: &[Record]) -> Result<(), Failure> {
+        let started = Instant::now();
         let written = if records.len() == 1 {
             self.store.append(&records[0])
         } else {
             self.store.append_batch(records)
         };
+        crate::metrics::daemon()
+            .store_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.publish_store();
         written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))
     }
@@ -547,8 +551,14 @@ impl Engine {
             self.check(&desired).await
         };
         let kernel_8021q = kernel_has_8021q();
+        let metrics = crate::metrics::daemon();
+        metrics.reconcile_passes.inc();
+        metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok((states, repaired)) => {
+                metrics.drift_repairs.inc_by(repaired);
                 let (counts, changes) = self.published.edit(|s| {
                     let changes: Vec<EventKind> = unconfigured
                         .into_iter()

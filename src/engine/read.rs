@@ -389,6 +389,15 @@ impl Reader {
     /// `vxc.stats`: the counters of one VXC (`Some(id)`) or of every VXC, read from the kernel
     /// after the state is let go.
     pub async fn vxc_stats(&self, id: Option<&str>) -> Result<Value, Failure> {
+        let mut out = self.stats_views(id).await?;
+        Ok(match id {
+            Some(_) => json!({"vxc": out.pop()}),
+            None => json!({"vxcs": out}),
+        })
+    }
+
+    /// The counters of one VXC or every VXC (`vxc.stats`, `/metrics`).
+    pub async fn stats_views(&self, id: Option<&str>) -> Result<Vec<VxcStatsView>, Failure> {
         let views: Vec<(VxcStatsView, [Option<String>; 2])> = {
             let state = self.state();
             let vxcs: Vec<&Vxc> = match id {
@@ -436,10 +445,7 @@ impl Reader {
             stats.read_at = rfc3339(OffsetDateTime::now_utc());
             out.push(stats);
         }
-        Ok(match id {
-            Some(_) => json!({"vxc": out.pop()}),
-            None => json!({"vxcs": out}),
-        })
+        Ok(out)
     }
 
     /// `port.list`: the model's ports with what the kernel says of their interfaces. The state

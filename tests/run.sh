@@ -17,6 +17,9 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+# Real-systemd lab tier (tests/lab_systemd.rs): a Debian 12 root from Debian's packages on an ext4 image.
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+command -v mke2fs >/dev/null || need_pkgs+=(e2fsprogs)
 # rustup's toolchain links with the system C compiler.
 command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -47,6 +50,11 @@ done
 start=$(date +%s)
 cargo test --lib --bins --examples --benches "${host_tests[@]}" -- --test-threads=2 "$@"
 lab_start=$(date +%s)
+# tests/lab_systemd.rs installs the package with dpkg -i in the guest (and fails on a stale one).
+if grep -q '^\[package.metadata.deb\]' Cargo.toml; then
+  command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+  cargo deb
+fi
 cargo test "${lab_tests[@]}" -- --test-threads=2 "$@"
 end=$(date +%s)
 echo "tests/run.sh: unit and host tiers $(( lab_start - start )) s, lab tier $(( end - lab_start )) s: all passed"

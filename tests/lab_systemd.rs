@@ -32,6 +32,8 @@ wait_for() {
     sleep 0.2
   done
 }
+# step WHAT: the guest uptime at each step, so slow steps show in the console.
+step() { local up; read -r up _ < /proc/uptime; echo "[$up] $*"; }
 show() { systemctl show -p "$1" --value vxcd; }
 ifindexes() { cat /sys/class/net/eth1.200/ifindex /sys/class/net/eth2.100/ifindex | tr '\n' ' '; }
 vxc_up() { vxcctl vxcs | grep -qE '^v-17 +lab +up '; }
@@ -67,12 +69,15 @@ check_install() {
     systemctl daemon-reload && systemctl enable vxcd
     fail "no .deb in the image (no [package.metadata.deb] in Cargo.toml): binaries and unit installed by hand so the other checks run"
   fi
-  dpkg -i /lab/vxcd.deb
+  step "dpkg -i"
+  dpkg -i /lab/vxcd.deb | grep -v "^(Reading database"
   [ "$(command -v vxcd)" = /usr/sbin/vxcd ] || fail "vxcd is not /usr/sbin/vxcd: $(command -v vxcd)"
   [ "$(command -v vxcctl)" = /usr/bin/vxcctl ] || fail "vxcctl is not /usr/bin/vxcctl: $(command -v vxcctl)"
+  step "vxcctl --help, man vxcctl"
   vxcctl --help | grep -q '^Usage: vxcctl' || fail "vxcctl --help printed no usage"
   man -P cat vxcctl 2>&1 | sed 's/.\x08//g' > /tmp/man.txt
   grep -q '^NAME' /tmp/man.txt && grep -q 'vxcctl' /tmp/man.txt || fail "man vxcctl: $(head -5 /tmp/man.txt)"
+  step "bash completion"
   # Bash completion as an interactive shell gets it: the lazy loader, then the function's answer.
   local words
   words=$(bash -c '. /usr/share/bash-completion/bash_completion; _completion_loader vxcctl
@@ -81,6 +86,7 @@ check_install() {
     "$f" vxcctl st vxcctl; echo "${COMPREPLY[*]}"') || fail "no bash completion for vxcctl (complete -p vxcctl after the loader)"
   echo "completion of 'vxcctl st': $words"
   echo " $words " | grep -q ' status ' || fail "bash completion of 'vxcctl st' does not offer status: $words"
+  step "group, conffile, enabled"
   getent group vxcd >/dev/null || fail "the package made no vxcd group"
   dpkg-query -W -f='${Conffiles}\n' vxcd | grep -q '/etc/vxcd/vxcd.toml' || fail "/etc/vxcd/vxcd.toml is not a conffile"
   [ "$(systemctl is-enabled vxcd)" = enabled ] || fail "vxcd is $(systemctl is-enabled vxcd) after install, not enabled"

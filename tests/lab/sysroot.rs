@@ -29,10 +29,12 @@ const PACKAGES: &[&str] = &[
     "man-db",
     "bash-completion",
     "procps",
+    // On every standard Debian 12 (not in minbase): a package's postinst may use addgroup.
+    "adduser",
 ];
 const SUITE: &str = "bookworm";
 /// Bumped when the root's post-processing changes.
-const ROOT_LAYOUT_VERSION: u32 = 1;
+const ROOT_LAYOUT_VERSION: u32 = 2;
 
 /// Units that would write on the console or wake up during the checks.
 const MASKED_UNITS: &[&str] = &[
@@ -154,6 +156,13 @@ pub fn root(kernel: &Kernel) -> Result<PathBuf, String> {
             .arg(&tmp_root)
             .args(["depmod", &kernel.version]),
     )?;
+    // man-db's trigger rebuilds its index on every package install (seconds under TCG); `man`
+    // finds pages without it.
+    run_capture(Command::new("chroot").arg(&tmp_root).args([
+        "sh",
+        "-c",
+        "echo 'man-db man-db/auto-update boolean false' | debconf-set-selections",
+    ]))?;
     let write = |rel: &str, text: &str| {
         let path = tmp_root.join(rel);
         fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))

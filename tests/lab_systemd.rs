@@ -17,6 +17,7 @@ const CHECKS: &[&str] = &[
     "restart_hitless",
     "stop_leaves_dataplane",
     "security_exposure",
+    "remove_keeps_state_purge_removes_it",
 ];
 
 /// Bash functions `check_<name>`, each run with `set -euo pipefail` as root in the guest.
@@ -77,6 +78,13 @@ check_install() {
   vxcctl --help | grep -q '^Usage: vxcctl' || fail "vxcctl --help printed no usage"
   man -P cat vxcctl 2>&1 | sed 's/.\x08//g' > /tmp/man.txt
   grep -q '^NAME' /tmp/man.txt && grep -q 'vxcctl' /tmp/man.txt || fail "man vxcctl: $(head -5 /tmp/man.txt)"
+  # The subcommand pages and the daemon's page in section 8, generated from the same clap code.
+  man -P cat vxcctl-vxc-put 2>&1 | grep -q -- '--a-vlan' || fail "man vxcctl-vxc-put does not document --a-vlan"
+  man -P cat 8 vxcd 2>&1 | grep -q -- '--check-config' || fail "man 8 vxcd does not document --check-config"
+  for f in /usr/share/zsh/vendor-completions/_vxcctl /usr/share/fish/vendor_completions.d/vxcctl.fish; do
+    [ -s "$f" ] || fail "no completion file $f"
+  done
+  vxcd --check-config --config /etc/vxcd/vxcd.toml || fail "the shipped /etc/vxcd/vxcd.toml does not pass vxcd --check-config"
   step "bash completion"
   # Bash completion as an interactive shell gets it: the lazy loader, then the function's answer.
   local words
@@ -110,6 +118,14 @@ check_start_returns_after_ready() {
   printf '[Service]\nWatchdogSec=5s\nTimeoutAbortSec=2s\nRestartSec=1s\n' > /etc/systemd/system/vxcd.service.d/lab.conf
   systemctl daemon-reload
   [ "$(show Type)" = notify ] || fail "the unit is Type=$(show Type), not notify: start would not wait for READY=1"
+  step "a bad config is refused by ExecStartPre"
+  config; echo 'bogus_key = 1' >> /etc/vxcd/vxcd.toml
+  ! systemctl start vxcd 2>/dev/null || fail "systemctl start succeeded with a bad config"
+  journalctl -u vxcd --no-pager | grep -q 'configuration refused' || fail "no 'configuration refused' reason in the journal"
+  [ ! -e /run/vxcd/control.sock ] || fail "a refused start left a socket"
+  systemctl reset-failed vxcd
+  config
+  step "start"
   systemctl start vxcd
   local state; state=$(systemctl show -p ActiveState,SubState,MainPID vxcd | tr '\n' ' ')
   echo "right after start returned: $state"
@@ -121,6 +137,9 @@ check_start_returns_after_ready() {
   local status; status=$(show StatusText)
   echo "StatusText: $status"
   [ -n "$status" ] || fail "no STATUS= text after start (systemctl status shows no progress line)"
+  case "$status" in ready:*) ;; *) fail "STATUS= after start is not the ready line: $status" ;; esac
+  # Group=vxcd in the unit: the socket belongs to the package's group, mode 0660 from the config.
+  [ "$(stat -c %G:%a /run/vxcd/control.sock)" = vxcd:660 ] || fail "socket is $(stat -c %U:%G:%a /run/vxcd/control.sock), not group vxcd mode 660"
 }
 
 check_vxc_ping_tagged() {
@@ -210,6 +229,31 @@ check_security_exposure() {
   [ -n "$value" ] || fail "cannot read the exposure from: $line"
   awk -v v="$value" 'BEGIN { exit !(v <= 2.0) }' || { grep -v '^  ✓' /tmp/security.txt >&2; fail "exposure $value is above 2.0"; }
 }
+
+check_remove_keeps_state_purge_removes_it() {
+  step "dpkg -r"
+  dpkg -r vxcd | grep -v "^(Reading database"
+  [ ! -e /usr/sbin/vxcd ] || fail "/usr/sbin/vxcd is still there after dpkg -r"
+  [ -s /var/lib/vxcd/journal.log ] || [ -s /var/lib/vxcd/snapshot.json ] || fail "dpkg -r removed the state in /var/lib/vxcd: $(ls -la /var/lib/vxcd 2>&1)"
+  grep -q syd-3 /etc/vxcd/vxcd.toml || fail "dpkg -r removed or reset the operator's /etc/vxcd/vxcd.toml"
+  step "dpkg -i again: the operator's config and the state are picked up"
+  dpkg -i /lab/vxcd.deb | grep -v "^(Reading database"
+  grep -q syd-3 /etc/vxcd/vxcd.toml || fail "reinstall replaced the operator's /etc/vxcd/vxcd.toml"
+  [ "$(systemctl is-enabled vxcd)" = enabled ] || fail "vxcd is $(systemctl is-enabled vxcd) after reinstall"
+  systemctl start vxcd
+  vxc_up || fail "VXC v-17 not up after remove and reinstall (state lost?): $(vxcctl vxcs)"
+  step "upgrade (the same version over itself) restarts a running vxcd, hitless"
+  local pid before; pid=$(show MainPID); before=$(ifindexes)
+  dpkg -i /lab/vxcd.deb | grep -v "^(Reading database"
+  running_again "$pid" || fail "vxcd not restarted (new MainPID, active/running) by the upgrade: $(systemctl show -p ActiveState,SubState,MainPID vxcd)"
+  [ "$(ifindexes)" = "$before" ] || fail "ifindexes changed across the upgrade: $before -> $(ifindexes)"
+  step "dpkg --purge"
+  dpkg --purge vxcd | grep -v "^(Reading database"
+  ! systemctl is-active -q vxcd || fail "vxcd still running after purge"
+  [ ! -e /var/lib/vxcd ] || fail "dpkg --purge left /var/lib/vxcd: $(ls -A /var/lib/vxcd)"
+  [ ! -e /etc/vxcd/vxcd.toml ] || fail "dpkg --purge left /etc/vxcd/vxcd.toml"
+  [ -e /sys/class/net/eth1.200 ] || fail "purge removed the dataplane (eth1.200): customer traffic would stop"
+}
 "#;
 
 macro_rules! checks {
@@ -232,4 +276,5 @@ checks! {
     restart_hitless
     stop_leaves_dataplane
     security_exposure
+    remove_keeps_state_purge_removes_it
 }

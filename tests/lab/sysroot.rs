@@ -254,17 +254,37 @@ pub fn deb() -> Result<Option<PathBuf>, String> {
                 dir.display()
             )
         })?;
-    let sources = newest_mtime(&manifest.join("src")).max(newest_mtime(&manifest.join("systemd")));
+    // Everything the package is made of: code, unit, sysusers, maintainer scripts, the conffile,
+    // the man pages' and completions' generator and the packaging metadata.
+    let sources = [
+        "src",
+        "systemd",
+        "debian",
+        "config",
+        "build.rs",
+        "Cargo.toml",
+    ]
+    .iter()
+    .map(|p| newest_mtime(&manifest.join(p)))
+    .max()
+    .unwrap_or(SystemTime::UNIX_EPOCH);
     if sources > newest.0 {
         return Err(format!(
-            "{} is older than the sources (run `cargo deb` again; tests/run.sh does)",
+            "{} is older than the sources (src/, systemd/, debian/, config/, build.rs, Cargo.toml; \
+             run `cargo deb` again; tests/run.sh does)",
             newest.1.display()
         ));
     }
     Ok(Some(newest.1))
 }
 
+/// The newest modification time of a file, or of the files under a directory.
 fn newest_mtime(dir: &Path) -> SystemTime {
+    if dir.is_file() {
+        return fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+    }
     let mut newest = SystemTime::UNIX_EPOCH;
     if let Ok(entries) = fs::read_dir(dir) {
         for entry in entries.filter_map(Result::ok) {

@@ -5,6 +5,7 @@
 //! owner of model, store and dataplane), `reconcile` (drift repair), `server` (control socket),
 //! `config`, `logging`; the binaries `vxcd` and `vxcctl` are thin.
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dataplane;

@@ -18,6 +18,9 @@ command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+# Real-systemd lab tier (tests/lab_systemd.rs): a Debian 12 root from Debian's packages on an ext4 image.
+command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)
+command -v mke2fs >/dev/null || need_pkgs+=(e2fsprogs)
 # rustup's toolchain links with the system C compiler.
 command -v cc >/dev/null || need_pkgs+=(gcc libc6-dev)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -31,7 +34,25 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   # Without recommends: qemu-system-x86 would pull a GUI the lab does not use.
   apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
-command -v cargo >/dev/null || { echo "tests/run.sh: cargo not found (install Rust with rustup)" >&2; exit 2; }
+# rustup puts cargo in ~/.cargo/bin, which `sudo` drops from PATH (secure_path): look in the
+# caller's, the sudo user's and root's rustup homes too. Debian 12's own cargo is too old.
+if ! command -v cargo >/dev/null; then
+  for home in "$HOME" "${SUDO_USER:+$(getent passwd "$SUDO_USER" | cut -d: -f6)}" /root; do
+    if [ -n "$home" ] && [ -x "$home/.cargo/bin/cargo" ]; then
+      export PATH="$home/.cargo/bin:$PATH"
+      # rustup's proxies look for toolchains in RUSTUP_HOME, by default ~/.rustup of $HOME,
+      # which is root's under sudo, not the user's whose cargo this is.
+      if [ -z "${RUSTUP_HOME:-}" ] && [ -d "$home/.rustup" ]; then export RUSTUP_HOME="$home/.rustup"; fi
+      break
+    fi
+  done
+fi
+command -v cargo >/dev/null || {
+  echo "tests/run.sh: cargo not found in PATH, ~/.cargo/bin, the sudo user's or root's ~/.cargo/bin (install Rust with rustup: README \"The two commands\")" >&2
+  exit 2
+}
+# Where `cargo install` puts cargo-deb.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
@@ -48,6 +69,12 @@ done
 start=$(date +%s)
 cargo test --lib --bins --examples --benches "${host_tests[@]}" -- --test-threads=2 "$@"
 lab_start=$(date +%s)
+# tests/lab_systemd.rs installs the package with dpkg -i in the guest (and fails on a missing
+# or stale one): cargo-deb (installed once, about 75 s here) builds it in release, as shipped.
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
+deb_start=$(date +%s)
+cargo deb
+echo "tests/run.sh: cargo deb $(( $(date +%s) - deb_start )) s"
 cargo test "${lab_tests[@]}" -- --test-threads=2 "$@"
 end=$(date +%s)
 echo "tests/run.sh: unit and host tiers $(( lab_start - start )) s, lab tier $(( end - lab_start )) s: all passed"

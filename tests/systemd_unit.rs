@@ -5,7 +5,10 @@ use std::path::Path;
 use std::process::Command;
 
 const UNIT: &str = include_str!("../systemd/vxcd.service");
-const INSTALLED_EXEC: &str = "/usr/local/bin/vxcd";
+/// Where the Debian package installs the daemon (Cargo.toml `[package.metadata.deb]`).
+const INSTALLED_EXEC: &str = "/usr/sbin/vxcd";
+/// Highest `systemd-analyze security` exposure the unit may have (issue 12).
+const MAX_EXPOSURE: f64 = 2.0;
 
 /// `Key=Value` settings per section; a key given twice keeps every value in order.
 fn settings(unit: &str) -> BTreeMap<(String, String), Vec<String>> {
@@ -81,14 +84,53 @@ fn verify(unit_text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The unit with ExecStart pointing at the vxcd just built (verify checks that it is executable).
+/// The unit with ExecStartPre and ExecStart pointing at the vxcd just built (verify checks that
+/// they are executable).
 fn unit_with_built_binary() -> String {
     let built = env!("CARGO_BIN_EXE_vxcd");
     assert!(Path::new(built).exists(), "{built} was not built");
-    let prefix = format!("ExecStart={INSTALLED_EXEC} ");
-    let replaced = UNIT.replace(&prefix, &format!("ExecStart={built} "));
-    assert_ne!(replaced, UNIT, "the unit has no line starting {prefix:?}");
+    let mut replaced = UNIT.to_owned();
+    for key in ["ExecStartPre", "ExecStart"] {
+        let prefix = format!("\n{key}={INSTALLED_EXEC} ");
+        assert!(
+            replaced.contains(&prefix),
+            "the unit has no line starting {prefix:?}"
+        );
+        replaced = replaced.replace(&prefix, &format!("\n{key}={built} "));
+    }
     replaced
+}
+
+/// `systemd-analyze security --offline=true` of the unit file: the overall exposure and the full
+/// report (for the failure message).
+fn exposure() -> (f64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vxcd.service");
+    std::fs::write(&path, UNIT).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .env("SYSTEMD_COLORS", "0")
+        .output()
+        .unwrap_or_else(|e| panic!("running systemd-analyze security: {e}"));
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = report
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "systemd-analyze security printed no exposure (exit {}): {report}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let value = line
+        .rsplit(':')
+        .next()
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("cannot read the exposure from {line:?}"));
+    (value, report)
 }
 
 #[test]
@@ -105,7 +147,7 @@ fn verify_as_used_here_catches_a_broken_unit() {
     assert!(verify(&typo).is_err(), "an unknown key went unnoticed");
     let bad_type = good.replace("Type=notify", "Type=notifyy");
     assert!(verify(&bad_type).is_err(), "a bad Type= went unnoticed");
-    let missing = UNIT.replace(INSTALLED_EXEC, "/nonexistent/vxcd");
+    let missing = good.replace(env!("CARGO_BIN_EXE_vxcd"), "/nonexistent/vxcd");
     assert!(
         verify(&missing).is_err(),
         "a missing ExecStart went unnoticed"
@@ -119,21 +161,32 @@ fn the_unit_keeps_the_settings_vxcd_relies_on() {
     assert_eq!(one(&s, svc, "Type"), "notify");
     assert_eq!(
         one(&s, svc, "ExecStart"),
-        "/usr/local/bin/vxcd --config /etc/vxcd/vxcd.toml"
+        format!("{INSTALLED_EXEC} --config /etc/vxcd/vxcd.toml")
     );
+    // A bad config is refused before anything is touched, with the reason in systemctl status.
+    assert_eq!(
+        one(&s, svc, "ExecStartPre"),
+        format!("{INSTALLED_EXEC} --check-config --config /etc/vxcd/vxcd.toml")
+    );
+    // vxcd re-reads its config on SIGHUP.
+    assert_eq!(one(&s, svc, "ExecReload"), "/bin/kill -HUP $MAINPID");
+    // The package's group owns the socket (no chown: the filter below refuses it).
+    assert_eq!(one(&s, svc, "Group"), "vxcd");
     assert_eq!(one(&s, svc, "WatchdogSec"), "60");
     assert_eq!(one(&s, svc, "Restart"), "on-failure");
     assert_eq!(one(&s, svc, "RuntimeDirectory"), "vxcd");
     assert_eq!(one(&s, svc, "StateDirectory"), "vxcd");
     assert_eq!(one(&s, svc, "KillSignal"), "SIGTERM");
     assert!(s.contains_key(&(svc.to_owned(), "TimeoutStopSec".to_owned())));
-    for caps in ["CapabilityBoundingSet", "AmbientCapabilities"] {
-        assert_eq!(
-            words(&one(&s, svc, caps)),
-            ["CAP_NET_ADMIN", "CAP_NET_RAW"],
-            "{caps}"
-        );
-    }
+    assert_eq!(
+        words(&one(&s, svc, "CapabilityBoundingSet")),
+        ["CAP_NET_ADMIN", "CAP_NET_RAW"]
+    );
+    // verify's probe tap: the host's /dev behind a device ACL that lets exactly tun through.
+    // PrivateDevices= would hide /dev/net/tun whatever DeviceAllow= says.
+    assert!(!s.contains_key(&(svc.to_owned(), "PrivateDevices".to_owned())));
+    assert_eq!(one(&s, svc, "DevicePolicy"), "closed");
+    assert_eq!(one(&s, svc, "DeviceAllow"), "/dev/net/tun rw");
     assert_eq!(
         words(&one(&s, svc, "RestrictAddressFamilies")),
         ["AF_NETLINK", "AF_PACKET", "AF_UNIX"]
@@ -154,8 +207,17 @@ fn the_unit_keeps_the_settings_vxcd_relies_on() {
     ] {
         assert_eq!(one(&s, svc, key), value, "{key}");
     }
-    // vxcd writes /proc/sys/net/ipv6/conf/<if>/ and runs as root (with the bounding set above).
-    assert!(!s.contains_key(&(svc.to_owned(), "ProtectKernelTunables".to_owned())));
+    // Runs as root (with the bounding set above); every link property goes over rtnetlink.
     assert!(!s.contains_key(&(svc.to_owned(), "User".to_owned())));
+    assert_eq!(one(&s, svc, "ProtectKernelTunables"), "yes");
     assert_eq!(one(&s, "Install", "WantedBy"), "multi-user.target");
+}
+
+#[test]
+fn security_exposure_is_at_most_2() {
+    let (value, report) = exposure();
+    assert!(
+        value <= MAX_EXPOSURE,
+        "systemd-analyze security --offline=true rates the unit {value}, above {MAX_EXPOSURE}:\n{report}"
+    );
 }

@@ -3,132 +3,47 @@
 //! 0 success, 1 the daemon refused, 2 usage or connection errors.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use vxcd::client::{self, Client, ClientError, KeyPutArgs, Renderer, VxcArgs};
+use clap::Parser;
+use vxcd::cli::vxcctl_args::{Cli, Command, KeyCommand, VxcCommand};
+use vxcd::client::{self, Client, ClientError, Renderer};
 use vxcd::protocol::Op;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "vxcctl",
-    version,
-    about = "Inspect and change what vxcd enforces: ports, service keys, VXCs",
-    after_help = "Rates are in Mbps. Exit status: 0 success, 1 vxcd refused the request (code and \
-                  message on stderr; with --json the error object on stdout too), 2 usage or \
-                  connection error."
-)]
-struct Cli {
-    /// vxcd's control socket [env: VXCD_SOCKET] [default: /run/vxcd/control.sock]
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        help_heading = "Global options"
-    )]
-    socket: Option<PathBuf>,
-    /// Print the daemon's result object as pretty JSON instead of a table
-    #[arg(long, global = true, help_heading = "Global options")]
-    json: bool,
-    /// Seconds to wait for vxcd's answer
-    #[arg(long, global = true, value_name = "SECONDS", default_value_t = 30, help_heading = "Global options",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    timeout: u64,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Daemon version, uptime, counts, 802.1Q support, last reconcile
-    Status,
-    /// Configured ports with their VLANs in use
-    Ports,
-    /// All service keys
-    Keys,
-    /// One service key, or create/update one
-    #[command(subcommand)]
-    Key(KeyCommand),
-    /// All VXCs
-    Vxcs,
-    /// One VXC, or create/update/plan/delete one
-    #[command(subcommand)]
-    Vxc(VxcCommand),
-    /// Prove a VXC's tags on the wire with probe frames (all VXCs without an id); exit 1 if any fails
-    Verify {
-        /// VXC id
-        id: Option<String>,
-    },
-    /// The packet inspector's counters per VXC end and violations per port
-    Inspect,
-}
-
-#[derive(Subcommand, Debug)]
-enum KeyCommand {
-    /// Show one service key
-    Show {
-        /// Service key id
-        id: String,
-    },
-    /// Create a service key, or change its active flag and validity window
-    Put(KeyPutArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum VxcCommand {
-    /// Show one VXC
-    Show {
-        /// VXC id
-        id: String,
-    },
-    /// Create a VXC, or change its name, rate or service level reference
-    Put(VxcArgs),
-    /// Check a VXC put without changing anything: shows the VXC it would make
-    Plan(VxcArgs),
-    /// Delete a VXC (its VLANs are freed; a single-use key stays used)
-    Delete {
-        /// VXC id
-        id: String,
-    },
-}
-
-impl Command {
-    /// The operation to send and how to show its result.
-    fn request(self) -> Result<(Op, Renderer), client::InputError> {
-        Ok(match self {
-            Command::Status => (Op::Status {}, client::render_status),
-            Command::Ports => (Op::PortList {}, client::render_ports),
-            Command::Keys => (Op::KeyList {}, client::render_keys),
-            Command::Key(KeyCommand::Show { id }) => (Op::KeyGet { key: id }, client::render_key),
-            Command::Key(KeyCommand::Put(args)) => (
-                Op::KeyPut {
-                    key: args.request()?,
-                },
-                client::render_key,
-            ),
-            Command::Vxcs => (Op::VxcList {}, client::render_vxcs),
-            Command::Vxc(VxcCommand::Show { id }) => (Op::VxcGet { id }, client::render_vxc),
-            Command::Vxc(VxcCommand::Put(args)) => (
-                Op::VxcPut {
-                    vxc: args.request()?,
-                },
-                client::render_vxc,
-            ),
-            Command::Vxc(VxcCommand::Plan(args)) => (
-                Op::VxcPlan {
-                    vxc: args.request()?,
-                },
-                client::render_vxc,
-            ),
-            Command::Vxc(VxcCommand::Delete { id }) => {
-                (Op::VxcDelete { id }, client::render_deleted_vxc)
-            }
-            Command::Verify { id } => (Op::Verify { id }, client::render_verify),
-            Command::Inspect => (Op::Inspect {}, client::render_inspect),
-        })
-    }
+/// The operation to send for `command` and how to show its result.
+fn request(command: Command) -> Result<(Op, Renderer), client::InputError> {
+    Ok(match command {
+        Command::Status => (Op::Status {}, client::render_status),
+        Command::Ports => (Op::PortList {}, client::render_ports),
+        Command::Keys => (Op::KeyList {}, client::render_keys),
+        Command::Key(KeyCommand::Show { id }) => (Op::KeyGet { key: id }, client::render_key),
+        Command::Key(KeyCommand::Put(args)) => (
+            Op::KeyPut {
+                key: args.request()?,
+            },
+            client::render_key,
+        ),
+        Command::Vxcs => (Op::VxcList {}, client::render_vxcs),
+        Command::Vxc(VxcCommand::Show { id }) => (Op::VxcGet { id }, client::render_vxc),
+        Command::Vxc(VxcCommand::Put(args)) => (
+            Op::VxcPut {
+                vxc: args.request()?,
+            },
+            client::render_vxc,
+        ),
+        Command::Vxc(VxcCommand::Plan(args)) => (
+            Op::VxcPlan {
+                vxc: args.request()?,
+            },
+            client::render_vxc,
+        ),
+        Command::Vxc(VxcCommand::Delete { id }) => {
+            (Op::VxcDelete { id }, client::render_deleted_vxc)
+        }
+        Command::Verify { id } => (Op::Verify { id }, client::render_verify),
+        Command::Inspect => (Op::Inspect {}, client::render_inspect),
+    })
 }
 
 fn main() -> ExitCode {
@@ -137,7 +52,7 @@ fn main() -> ExitCode {
     let json = cli.json;
     let socket = client::socket_path(cli.socket);
     let is_verify = matches!(cli.command, Command::Verify { .. });
-    let (op, render) = match cli.command.request() {
+    let (op, render) = match request(cli.command) {
         Ok(request) => request,
         Err(err) => return fail(2, &err.to_string()),
     };

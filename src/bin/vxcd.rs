@@ -1,6 +1,5 @@
 //! vxcd, the daemon: `vxcd --config /etc/vxcd/vxcd.toml`.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,30 +8,17 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use vxcd::cli::vxcd_args::Args;
 use vxcd::config::Config;
 use vxcd::dataplane::Dataplane;
 use vxcd::engine::{self, Engine};
 use vxcd::server::{self, Control};
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "Edge-switch agent: service keys and VXCs into kernel state"
-)]
-struct Args {
-    /// Configuration file.
-    #[arg(long, default_value = "/etc/vxcd/vxcd.toml")]
-    config: PathBuf,
-    /// Check the configuration and exit.
-    #[arg(long)]
-    check_config: bool,
-    /// Log at debug level.
-    #[arg(long, short)]
-    verbose: bool,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check_config {
+        return check_config(&args.config);
+    }
     vxcd::logging::init(args.verbose);
     let config = match Config::load(&args.config) {
         Ok(config) => config,
@@ -41,15 +27,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check_config {
-        return match config.access() {
-            Ok(_) => ExitCode::SUCCESS,
-            Err(e) => {
-                log::error!("configuration refused: {}: {e}", args.config.display());
-                ExitCode::from(2)
-            }
-        };
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,6 +42,50 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config` (the unit's ExecStartPre): parses and validates the file, resolves the socket's
+/// group and the writers, and says what it found on stdout or why it is refused on stderr; exit
+/// 0 or 1. Touches neither the kernel, the state nor the socket, and needs no privilege beyond
+/// reading the file.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let access = config
+                .access()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok((config, access))
+        });
+    match checked {
+        Ok((config, access)) => {
+            let ports: Vec<String> = config
+                .ports()
+                .iter()
+                .map(|p| format!("{} on {}", p.name, p.interface))
+                .collect();
+            println!(
+                "{}: configuration OK: {} ports ({}); socket {} (mode {:04o}{}); {} writers \
+                 besides root; state in {}",
+                path.display(),
+                ports.len(),
+                ports.join(", "),
+                config.control.socket.display(),
+                access.mode,
+                config.control.group.as_ref().zip(access.gid).map_or(
+                    String::new(),
+                    |(name, gid)| format!(", group {} ({gid})", name.get_ref())
+                ),
+                access.writer_uids.len(),
+                config.state.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vxcd: configuration refused: {e}");
             ExitCode::FAILURE
         }
     }
@@ -162,21 +183,29 @@ fn notify(state: sd_notify::NotifyState) {
     }
 }
 
+/// A `STATUS=` line: what `systemctl status vxcd` shows while the daemon starts and runs.
+fn status(text: &str) {
+    notify(sd_notify::NotifyState::Status(text));
+}
+
 async fn run(config: Config) -> Result<(), String> {
     let signals = catch_signals()?;
     vxcd::server::raise_fd_limit();
     let access = config.access()?;
     let ports = config.ports();
+    status(&format!(
+        "loading state from {}",
+        config.state.dir.display()
+    ));
     let engine::Loaded {
         model,
         store,
         generation,
     } = engine::load_state(&config.state.dir, &ports)?;
+    let (keys, vxcs) = (model.keys().count(), model.vxcs().count());
     log::info!(
-        "state loaded from {}: {} keys, {} VXCs",
+        "state loaded from {}: {keys} keys, {vxcs} VXCs",
         config.state.dir.display(),
-        model.keys().count(),
-        model.vxcs().count()
     );
     // The state lock is held (load_state) and the socket taken before the kernel is touched: a
     // daemon that is going to be refused (another vxcd holds the socket) must change nothing.
@@ -192,6 +221,10 @@ async fn run(config: Config) -> Result<(), String> {
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.set_compact_every(config.state.compact_every);
     engine.restore_generation(generation);
+    status(&format!(
+        "converging {vxcs} VXCs on {} ports with the kernel",
+        ports.len()
+    ));
     engine.reconcile().await;
     engine.start_inspector(config.inspector());
     let control = Arc::new(Control::new(engine, access));
@@ -246,10 +279,16 @@ async fn run(config: Config) -> Result<(), String> {
         });
     }
     notify(sd_notify::NotifyState::Ready);
+    status(&format!(
+        "ready: {keys} keys, {vxcs} VXCs, {} ports; listening on {}",
+        ports.len(),
+        config.control.socket.display()
+    ));
     log::info!("listening on {}", config.control.socket.display());
 
     wait_for_stop_signal(signals).await;
     notify(sd_notify::NotifyState::Stopping);
+    status("stopping: finishing the request in flight; kernel state stays");
     let _ = stop.send(true);
     let _ = server.await;
     // Taking the lock waits for the request in flight; the dataplane stays as it is.

@@ -21,7 +21,7 @@
 //! stays on the port), the end's ingress filter redirects it into the pipe, the other end's
 //! TBF and tagging apply, and it leaves on the other port's wire, where the capture sees it
 //! as outgoing. The tap exists only while its fd is open (no leftover device after a crash)
-//! and carries IPv6 off so it sends nothing by itself.
+//! and carries IPv6 address generation off so it sends nothing by itself.
 //!
 //! Limits: the NIC's own receive (hardware VLAN filter, FCS, the cable) is not crossed; the
 //! probe proves the kernel path from the port's receive onwards. A foreign ingress qdisc on
@@ -33,6 +33,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
     NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage,
 };
 use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcMirrorActionType};
 use netlink_packet_route::RouteNetlinkMessage;
@@ -161,9 +164,6 @@ impl Injector {
             .take_while(|c| **c != 0)
             .map(|c| *c as u8 as char)
             .collect();
-        // IPv6 off so the tap sends no ND/MLD into the port; absent IPv6 is fine.
-        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        set_up(&name)?;
         let index = super::ring::ifindex(&name)?;
         let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| {
             io::Error::new(
@@ -177,6 +177,32 @@ impl Injector {
                 format!("binding rtnetlink for the probe injector: {e}"),
             )
         })?;
+        // IPv6 address generation off before the link goes up, so the tap never gets a
+        // link-local address and sends no ND/MLD by itself (over rtnetlink rather than
+        // /proc/sys, which the unit's ProtectKernelTunables= makes read-only). No IPv6 on this
+        // host (EAFNOSUPPORT) is fine: then nothing could be sent.
+        let mut quiet = LinkMessage::default();
+        quiet.header.index = index;
+        quiet.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )])];
+        match request(&sock, RouteNetlinkMessage::SetLink(quiet), false) {
+            Err(e) if e.raw_os_error() != Some(libc::EAFNOSUPPORT) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("switching IPv6 address generation off on {name}: {e}"),
+                ))
+            }
+            _ => {}
+        }
+        // Up over rtnetlink, not the SIOCSIFFLAGS ioctl: that needs an AF_INET socket, which the
+        // unit's RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_PACKET refuses.
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        request(&sock, RouteNetlinkMessage::SetLink(link), false)
+            .map_err(|e| io::Error::new(e.kind(), format!("setting {name} up: {e}")))?;
         let mut qdisc = TcMessage::with_index(index as i32);
         qdisc.header.handle = TcHandle::from(INGRESS_HANDLE);
         qdisc.header.parent = TcHandle::from(TC_H_INGRESS);
@@ -235,7 +261,7 @@ impl Drop for Injector {
     /// Closing the fd removes the tap too, but asynchronously (seen here: the device was
     /// still listed after the close); deleting it first makes it gone when drop returns.
     fn drop(&mut self) {
-        let mut link = netlink_packet_route::link::LinkMessage::default();
+        let mut link = LinkMessage::default();
         link.header.index = self.index;
         if let Err(e) = request(&self.rtnl, RouteNetlinkMessage::DelLink(link), false) {
             log::debug!(
@@ -280,36 +306,6 @@ fn request(sock: &Socket, msg: RouteNetlinkMessage, create: bool) -> io::Result<
             offset += (len + 3) & !3;
         }
     }
-}
-
-fn set_up(name: &str) -> io::Result<()> {
-    // SAFETY: plain socket(2) for the interface ioctls; owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("setting {name} up: {e}")));
-    }
-    // SAFETY: fresh fd nobody else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut req = ifreq(name);
-    // SAFETY: SIOCGIFFLAGS fills ifr_flags of the ifreq we pass.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("reading the flags of {name}: {e}"),
-        ));
-    }
-    // SAFETY: union field written by SIOCGIFFLAGS just above.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-    }
-    // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("setting {name} up: {e}")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

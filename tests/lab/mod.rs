@@ -22,12 +22,14 @@
 //!
 //! Modules: `vm` (host side: kernel, initramfs, qemu), `net` (namespaces, links, ping, capture,
 //! state snapshot: usable in the guest and on the host), `proc` (background daemons, bounded
-//! waits), `cpio` (archive writer).
+//! waits), `cpio` (archive writer), `sysroot` (the real-systemd tier: a Debian root with systemd as
+//! PID 1 on an ext4 image, tests/lab_systemd.rs).
 #![allow(dead_code)] // each test executable uses a different part of the harness
 
 pub mod cpio;
 pub mod net;
 pub mod proc;
+pub mod sysroot;
 pub mod vm;
 
 use std::io::Write;

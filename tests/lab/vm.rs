@@ -88,7 +88,7 @@ pub struct Kernel {
     pub modules_dir: PathBuf,
 }
 
-fn run_capture(cmd: &mut Command) -> Result<String, String> {
+pub fn run_capture(cmd: &mut Command) -> Result<String, String> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| format!("running {shown}: {e}"))?;
     if out.status.success() {
@@ -245,7 +245,7 @@ pub fn kernel() -> Result<Kernel, String> {
 }
 
 /// Module file paths (relative to the modules dir) in load order, dependencies first.
-fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>, String> {
+pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>, String> {
     fn walk(dir: &Path, base: &Path, index: &mut HashMap<String, PathBuf>) -> Result<(), String> {
         for entry in fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))? {
             let path = entry
@@ -347,7 +347,7 @@ fn shared_libs(binary: &Path) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')

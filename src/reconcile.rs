@@ -18,19 +18,29 @@ fn is_lost(event: Option<&KernelEvent>) -> bool {
     event.is_some_and(|e| e.object == KernelObject::EventsLost)
 }
 
+/// `interval` is `reconcile.interval_s`; a config reload sends it again (changed or not), which
+/// also runs a pass at once, so VXCs on a port the reload added come up without waiting.
 pub async fn run(
     control: Arc<Control>,
-    interval: Duration,
+    mut interval: watch::Receiver<Duration>,
     mut events: mpsc::Receiver<KernelEvent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut events_open = true;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(*interval.borrow_and_update());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; startup already converged
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            changed = interval.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                ticker = tokio::time::interval(*interval.borrow_and_update());
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker.tick().await;
+            }
             event = events.recv(), if events_open => {
                 if event.is_none() {
                     log::warn!("kernel event stream ended; relying on the periodic check");

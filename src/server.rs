@@ -30,7 +30,8 @@ pub struct Control {
     pub reader: Reader,
     /// What `watch` streams.
     pub events: Arc<crate::engine::Events>,
-    pub access: Access,
+    /// Who may change state and the connection limits; replaced by a config reload.
+    access: std::sync::RwLock<Arc<Access>>,
     /// Readers' list answers computed at once (root and the writers do not wait for it): the
     /// work of a reader flood is bounded by the cores, not by the connections.
     heavy_reads: Semaphore,
@@ -65,13 +66,31 @@ impl Control {
             engine: tokio::sync::Mutex::new(engine),
             reader,
             events,
-            access,
+            access: std::sync::RwLock::new(Arc::new(access)),
             heavy_reads: Semaphore::new(cores),
             budget: Arc::new(Semaphore::new(total / 2)),
             answer_budget: Arc::new(Semaphore::new(answer_budget_bytes)),
             answer_budget_bytes,
             refusals: Mutex::new(RateLog::new()),
         }
+    }
+
+    /// The access rules and limits in force.
+    pub fn access(&self) -> Arc<Access> {
+        match self.access.read() {
+            Ok(access) => access.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the access rules and limits (a config reload). The socket's mode and group and
+    /// the buffer budget stay as they were bound and sized at start.
+    pub fn set_access(&self, access: Access) {
+        let mut slot = match self.access.write() {
+            Ok(slot) => slot,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Arc::new(access);
     }
 
     /// The audit log: every change and every refused change, with who asked (journald fields
@@ -101,7 +120,7 @@ impl Control {
     }
 
     fn may_change(&self, peer: Peer) -> bool {
-        peer.uid == 0 || self.access.writer_uids.contains(&peer.uid)
+        peer.uid == 0 || self.access().writer_uids.contains(&peer.uid)
     }
 
     /// Answers one parsed request.
@@ -438,7 +457,7 @@ fn admit(
     control: &Control,
     peer: Peer,
 ) -> Result<Slot, String> {
-    let access = &control.access;
+    let access = control.access();
     let privileged = control.may_change(peer);
     let mut c = counts
         .lock()
@@ -621,7 +640,7 @@ async fn connection(
     control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let idle = control.access.idle_timeout;
+    let idle = control.access().idle_timeout;
     let fd = stream.as_raw_fd();
     let mut buf = Vec::new();
     loop {

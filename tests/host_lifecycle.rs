@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ fn start(ns: &Netns) -> Daemon {
 }
 
 #[test]
-fn sighup_usr1_and_usr2_are_logged_and_ignored() {
+fn sigusr1_and_usr2_are_logged_and_ignored_and_sighup_reloads() {
     let ns = Netns::new("sg");
     let d = start(&ns);
     for name in ["HUP", "USR1", "USR2"] {
@@ -56,7 +57,116 @@ fn sighup_usr1_and_usr2_are_logged_and_ignored() {
         }
         ok(d.call(json!({"op": "hello"})));
     }
-    assert!(d.log().contains("SIGHUP: config reload"), "{}", d.log());
+    assert!(
+        d.log().contains("SIGHUP: reloading the configuration"),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("SIGUSR1: ignored"), "{}", d.log());
+}
+
+/// Waits (bounded) until the daemon's log holds `text` `count` times.
+fn wait_log(d: &Daemon, text: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.log().matches(text).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} (x{count}) in:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn port_names(d: &Daemon) -> Vec<String> {
+    ok(d.call(json!({"op": "port.list"})))["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name").to_owned())
+        .collect()
+}
+
+/// Issue 12 (acceptance 3): SIGHUP re-reads the config: a port added and a writer added take
+/// effect in the same process; a config that does not load is refused and the running one
+/// kept; a port removed leaves its key listed; what only a restart changes is named.
+#[test]
+fn sighup_reloads_ports_and_writers_and_a_bad_config_keeps_the_old_one() {
+    let ns = Netns::new("rl");
+    let d = Daemon::start(&ns, &[("mel-1", "nope1")], "");
+    let pid = d.child.as_ref().expect("daemon running").id();
+    assert_eq!(port_names(&d), ["mel-1"]);
+    let reloaded = "configuration reloaded";
+    // A port and a writer added, the reconcile interval changed.
+    let text = config_text(d.dir.path(), &[("mel-1", "nope1"), ("mel-2", "nope2")], "").replacen(
+        "writers = [\"4242\"]",
+        "writers = [\"4242\", \"4243\"]",
+        1,
+    );
+    std::fs::write(&d.config, text).expect("writing config");
+    signal(&d, "HUP");
+    wait_log(&d, reloaded, 1);
+    assert_eq!(port_names(&d), ["mel-1", "mel-2"]);
+    assert!(d.log().contains("port mel-2 added on nope2"), "{}", d.log());
+    ok(d.call(
+        json!({"op": "key.put", "key": {"key": "k-2", "port": "mel-2",
+        "single_use": false, "max_speed_mbps": 10}}),
+    ));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_writer = Command::new("socat")
+        .args(["-", &format!("UNIX-CONNECT:{}", d.socket.display())])
+        .uid(4243)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("socat");
+    let answer = write_and_read(
+        as_writer,
+        r#"{"op":"key.put","key":{"key":"k-w","port":"mel-1","single_use":false,"max_speed_mbps":10}}"#,
+    );
+    assert!(
+        answer.contains("\"ok\":true"),
+        "uid 4243 is a writer after the reload: {answer}"
+    );
+
+    // A config that does not parse: refused, the running one kept.
+    std::fs::write(&d.config, "[control\nsocket = ").expect("writing config");
+    signal(&d, "HUP");
+    wait_log(&d, "reload refused, the running configuration is kept", 1);
+    assert_eq!(port_names(&d), ["mel-1", "mel-2"]);
+    ok(d.call(json!({"op": "hello"})));
+
+    // The port removed (its key stays), and a restart-only key changed.
+    let text = config_text(d.dir.path(), &[("mel-1", "nope1")], "").replacen(
+        "mode = \"0666\"",
+        "mode = \"0600\"",
+        1,
+    );
+    std::fs::write(&d.config, text).expect("writing config");
+    signal(&d, "HUP");
+    wait_log(&d, reloaded, 2);
+    // mel-2 holds a key, so it is still listed, with no interface: not configured.
+    let ports = ok(d.call(json!({"op": "port.list"})))["ports"].clone();
+    assert_eq!(ports[1]["name"], json!("mel-2"), "{ports}");
+    assert_eq!(ports[1]["interface"], json!(null), "{ports}");
+    assert!(d.log().contains("port mel-2 removed"), "{}", d.log());
+    assert!(ok(d.call(json!({"op": "key.get", "key": "k-2"})))["key"]["port"] == json!("mel-2"));
+    assert!(d.log().contains("control.mode and control.group changed in the file but take effect only at the next restart"), "{}", d.log());
+    assert_eq!(
+        d.child.as_ref().expect("daemon running").id(),
+        pid,
+        "the reloads restarted the daemon"
+    );
+}
+
+fn write_and_read(mut child: std::process::Child, line: &str) -> String {
+    use std::io::Write;
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{line}").expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("socat output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

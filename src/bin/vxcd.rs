@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
@@ -105,36 +105,44 @@ const STOP_SIGNALS: &[(&str, i32)] = &[
     ("SIGXCPU", libc::SIGXCPU),
     ("SIGXFSZ", libc::SIGXFSZ),
 ];
+/// SIGHUP (`systemctl reload`) re-reads the config.
+const RELOAD_SIGNAL: (&str, i32) = ("SIGHUP", libc::SIGHUP);
 const IGNORED_SIGNALS: &[(&str, i32, &str)] = &[
-    // Config reload is not there yet; until it is, a reload request must not kill the daemon.
-    (
-        "SIGHUP",
-        libc::SIGHUP,
-        "config reload is not supported yet; ignored",
-    ),
     ("SIGUSR1", libc::SIGUSR1, "ignored"),
     ("SIGUSR2", libc::SIGUSR2, "ignored"),
 ];
 
-/// A caught signal: its name, whether it stops the daemon, what is said of an ignored one.
-type Caught = (&'static str, bool, &'static str);
+/// What a caught signal asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Stop,
+    Reload,
+    /// Logged (with what is said) and ignored.
+    Ignore(&'static str),
+}
+
+/// A caught signal: its name and what it asks for.
+type Caught = (&'static str, Action);
 
 /// Installs the handlers of every signal above. Done first thing, before READY=1: a signal that
 /// arrives during the start is then held until the daemon is up, never the default action that
 /// would leave the socket behind.
 fn catch_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Caught>, String> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Caught>();
-    let stops = STOP_SIGNALS.iter().map(|&(name, n)| (name, n, true, ""));
+    let stops = STOP_SIGNALS
+        .iter()
+        .map(|&(name, n)| (name, n, Action::Stop));
+    let reload = std::iter::once((RELOAD_SIGNAL.0, RELOAD_SIGNAL.1, Action::Reload));
     let ignored = IGNORED_SIGNALS
         .iter()
-        .map(|&(name, n, what)| (name, n, false, what));
-    for (name, number, stop, what) in stops.chain(ignored) {
+        .map(|&(name, n, what)| (name, n, Action::Ignore(what)));
+    for (name, number, action) in stops.chain(reload).chain(ignored) {
         let mut stream =
             signal(SignalKind::from_raw(number)).map_err(|e| format!("{name} handler: {e}"))?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
-                if tx.send((name, stop, what)).is_err() {
+                if tx.send((name, action)).is_err() {
                     return;
                 }
             }
@@ -143,16 +151,27 @@ fn catch_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Caught>, Strin
     Ok(rx)
 }
 
-/// Returns when a stopping signal arrives; logs and ignores the others meanwhile.
-async fn wait_for_stop_signal(mut rx: tokio::sync::mpsc::UnboundedReceiver<Caught>) {
-    // A flood of one ignored signal is logged at most once a second.
-    let mut last_logged: std::collections::HashMap<&str, (std::time::Instant, u64)> =
-        std::collections::HashMap::new();
-    while let Some((name, stop, what)) = rx.recv().await {
-        if stop {
-            log::info!("{name}: finishing the request in flight, then exiting");
-            return;
-        }
+/// Logs ignored signals (a flood of one at most once a second).
+type SignalLog = std::collections::HashMap<&'static str, (std::time::Instant, u64)>;
+
+/// Returns the next signal that stops the daemon or reloads its config; logs and ignores the
+/// others meanwhile.
+async fn next_signal(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Caught>,
+    last_logged: &mut SignalLog,
+) -> Action {
+    while let Some((name, action)) = rx.recv().await {
+        let what = match action {
+            Action::Stop => {
+                log::info!("{name}: finishing the request in flight, then exiting");
+                return Action::Stop;
+            }
+            Action::Reload => {
+                log::info!("{name}: reloading the configuration");
+                return Action::Reload;
+            }
+            Action::Ignore(what) => what,
+        };
         match last_logged.get_mut(name) {
             Some((at, unlogged)) if at.elapsed() < Duration::from_secs(1) => *unlogged += 1,
             Some((at, unlogged)) => {
@@ -165,6 +184,93 @@ async fn wait_for_stop_signal(mut rx: tokio::sync::mpsc::UnboundedReceiver<Caugh
             }
         }
     }
+    // Every handler gone (cannot happen while the runtime runs): stop rather than hang.
+    Action::Stop
+}
+
+/// SIGHUP: re-reads the config file and applies what can change while running (ports added,
+/// removed or moved, writers and connection limits, the inspector's and the reconciler's
+/// settings) without touching the kernel; a pass of the reconciler follows. A config that does
+/// not load is refused and the running one kept, the reason logged. What only a restart can
+/// change (socket, its mode and group, state dir, dataplane settings, metrics address, buffer
+/// budget) is named in the log and left as it is.
+async fn reload(
+    path: &std::path::Path,
+    started: &Config,
+    control: &Control,
+    interval: &watch::Sender<Duration>,
+) {
+    status("reloading the configuration");
+    let loaded = Config::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| Ok((config.access()?, config)));
+    let (access, config) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            log::error!("reload refused, the running configuration is kept: {e}");
+            status("reload refused (see the log); running configuration kept");
+            return;
+        }
+    };
+    let running = control.access();
+    let mut restart_only = Vec::new();
+    if config.control.socket != started.control.socket {
+        restart_only.push("control.socket");
+    }
+    if access.mode != running.mode || access.gid != running.gid {
+        restart_only.push("control.mode and control.group");
+    }
+    if access.buffer_budget != running.buffer_budget {
+        restart_only.push("control.buffer_budget_mib");
+    }
+    if config.state.dir != started.state.dir {
+        restart_only.push("state.dir");
+    }
+    if config.dataplane() != started.dataplane() {
+        restart_only.push("[dataplane] and [shaping]");
+    }
+    if config.metrics.listen != started.metrics.listen {
+        restart_only.push("metrics.listen");
+    }
+    let ports = config.ports();
+    let applied = control.engine.lock().await.reconfigure(
+        &ports,
+        config.reconcile.repair,
+        config.inspector(),
+    );
+    let said = match applied {
+        Ok(said) => said,
+        Err(e) => {
+            log::error!("reload refused, the running configuration is kept: {e}");
+            status("reload refused (see the log); running configuration kept");
+            return;
+        }
+    };
+    let writers = access.writer_uids.len();
+    control.set_access(vxcd::config::Access {
+        mode: running.mode,
+        gid: running.gid,
+        buffer_budget: running.buffer_budget,
+        ..access
+    });
+    interval.send_replace(Duration::from_secs(config.reconcile.interval_s));
+    log::info!(
+        "configuration reloaded from {}: {}; {} ports, {writers} writers besides root",
+        path.display(),
+        if said.is_empty() {
+            "no port, repair or inspector change".to_owned()
+        } else {
+            said.join("; ")
+        },
+        ports.len()
+    );
+    if !restart_only.is_empty() {
+        log::warn!(
+            "reload: {} changed in the file but take effect only at the next restart",
+            restart_only.join(", ")
+        );
+    }
+    status(&format!("ready (reloaded): {} ports", ports.len()));
 }
 
 /// A start that fails after the socket was bound removes it, so no stale socket is left.
@@ -188,7 +294,7 @@ fn status(text: &str) {
     notify(sd_notify::NotifyState::Status(text));
 }
 
-async fn run(config: Config) -> Result<(), String> {
+async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), String> {
     let signals = catch_signals()?;
     vxcd::server::raise_fd_limit();
     let access = config.access()?;
@@ -238,9 +344,10 @@ async fn run(config: Config) -> Result<(), String> {
             }
         });
     }
+    let (interval, interval_rx) = watch::channel(Duration::from_secs(config.reconcile.interval_s));
     tokio::spawn(vxcd::reconcile::run(
         control.clone(),
-        Duration::from_secs(config.reconcile.interval_s),
+        interval_rx,
         events,
         stopped.clone(),
     ));
@@ -286,7 +393,10 @@ async fn run(config: Config) -> Result<(), String> {
     ));
     log::info!("listening on {}", config.control.socket.display());
 
-    wait_for_stop_signal(signals).await;
+    let (mut signals, mut signal_log) = (signals, SignalLog::new());
+    while next_signal(&mut signals, &mut signal_log).await == Action::Reload {
+        reload(&config_path, &config, &control, &interval).await;
+    }
     notify(sd_notify::NotifyState::Stopping);
     status("stopping: finishing the request in flight; kernel state stays");
     let _ = stop.send(true);

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::config::Port;
 use crate::dataplane::{self, Dataplane, VxcOutcome, VxcSpec, VxcStatus as PlanStatus};
-use crate::domain::{Change, Model, RuleError, Vxc, VxcId};
+use crate::domain::{Change, Model, PortName, RuleError, Vxc, VxcId};
 use crate::inspector::{self, InspectConfig, Inspector};
 use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
@@ -41,6 +41,8 @@ pub struct Engine {
     /// Journal length at which the state is compacted into a new snapshot (`state.compact_every`).
     /// Compaction is O(state), so doing it every N records keeps the cost per change constant.
     compact_every: usize,
+    /// The inspector's settings it was started with (`None`: off).
+    inspect_config: Option<InspectConfig>,
     /// The snapshot being written on a blocking thread, if any: requests do not wait for it.
     compaction: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
     /// What `watch` streams.
@@ -113,6 +115,7 @@ impl Engine {
             compact_every: crate::config::DEFAULT_COMPACT_EVERY,
             compaction: None,
             events: Arc::new(Events::default()),
+            inspect_config: None,
         }
     }
 
@@ -156,6 +159,7 @@ impl Engine {
 
     /// Starts passive inspection of the ports (`None`: inspection off).
     pub fn start_inspector(&mut self, cfg: Option<InspectConfig>) {
+        self.inspect_config = cfg.clone();
         let Some(cfg) = cfg else {
             log::info!("packet inspection is off");
             return;
@@ -168,6 +172,73 @@ impl Engine {
             }
             Err(e) => log::error!("packet inspection could not start: {e}"),
         }
+    }
+
+    /// A config reload: the ports (added, removed, moved to another interface), whether drift
+    /// is repaired, and the inspector's settings. Nothing in the kernel is changed here: VXCs
+    /// on a port that came or went become appliable or pending at the reconciler's next pass,
+    /// which the caller triggers. Returns what changed, for the log.
+    pub fn reconfigure(
+        &mut self,
+        ports: &[Port],
+        repair: bool,
+        inspect: Option<InspectConfig>,
+    ) -> Result<Vec<String>, String> {
+        let state = self.published.load();
+        let old: BTreeMap<PortName, String> = state.ports.clone();
+        let new: BTreeMap<PortName, String> = ports
+            .iter()
+            .map(|p| (p.name.clone(), p.interface.clone()))
+            .collect();
+        let mut said = Vec::new();
+        for (name, interface) in &new {
+            match old.get(name) {
+                None => said.push(format!("port {name} added on {interface}")),
+                Some(was) if was != interface => {
+                    said.push(format!("port {name} moved from {was} to {interface}"))
+                }
+                _ => {}
+            }
+        }
+        for name in old.keys().filter(|n| !new.contains_key(*n)) {
+            let held = state.model.vxcs_on_port(name).count();
+            said.push(format!(
+                "port {name} removed ({held} VXCs on it wait, pending, until it is back)"
+            ));
+        }
+        let model = if old.keys().eq(new.keys()) {
+            None
+        } else {
+            Some(
+                Model::restore(
+                    new.keys().cloned(),
+                    state.model.keys().cloned(),
+                    state.model.vxcs().cloned(),
+                )
+                .map_err(|e| format!("the state does not fit the new ports: {e}"))?,
+            )
+        };
+        drop(state);
+        if self.repair != repair {
+            said.push(format!("reconcile.repair {} -> {repair}", self.repair));
+            self.repair = repair;
+        }
+        self.dataplane
+            .set_port_interfaces(new.values().cloned().collect());
+        self.published.edit(|s| {
+            if let Some(model) = model {
+                s.model = model;
+            }
+            s.ports = new;
+        });
+        if inspect != self.inspect_config {
+            said.push("inspector settings changed: inspection restarted".into());
+            self.published.edit(|s| s.inspector = None);
+            self.start_inspector(inspect);
+        } else {
+            self.refresh_inspector();
+        }
+        Ok(said)
     }
 
     /// A VXC was created or deleted: the inspector learns it before the answer goes out (a VXC

@@ -81,7 +81,7 @@ pub enum InspectError {
 }
 
 /// Settings the integrator exposes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InspectConfig {
     /// Bytes captured per frame (headers only; counters use the full length).
     pub snap_len: u32,

@@ -782,13 +782,105 @@ pub fn render_vxcs(result: &Value) -> Result<String, String> {
     ))
 }
 
+/// `vxc.stats`: one row per VXC end: the end interface's counters and its shaper's.
+pub fn render_stats(result: &Value) -> Result<String, String> {
+    let vxcs: Vec<crate::protocol::VxcStatsView> = match result.get("vxc") {
+        Some(_) => vec![field(result, "vxc")?],
+        None => field(result, "vxcs")?,
+    };
+    let num = |v: Option<u64>| v.map_or("-".to_owned(), |n| n.to_string());
+    let mut rows = Vec::new();
+    for v in vxcs {
+        for (side, end) in [("a", &v.a_end), ("b", &v.b_end)] {
+            let c = end.counters.as_ref();
+            let s = end.shaper.as_ref();
+            rows.push(vec![
+                v.id.clone(),
+                side.to_owned(),
+                end.interface.clone().unwrap_or_else(|| "-".into()),
+                num(c.map(|c| c.rx_packets)),
+                num(c.map(|c| c.rx_bytes)),
+                num(c.map(|c| c.tx_packets)),
+                num(c.map(|c| c.tx_bytes)),
+                num(c.map(|c| c.rx_dropped + c.tx_dropped)),
+                num(s.map(|s| s.sent_packets)),
+                num(s.map(|s| s.drops)),
+                num(s.map(|s| s.overlimits)),
+            ]);
+        }
+    }
+    Ok(table(
+        &[
+            "VXC",
+            "END",
+            "INTERFACE",
+            "RX PKTS",
+            "RX BYTES",
+            "TX PKTS",
+            "TX BYTES",
+            "DROPS",
+            "SHAPED PKTS",
+            "SHAPER DROPS",
+            "OVERLIMITS",
+        ],
+        &rows,
+    ))
+}
+
+/// One `watch` event as a line: seq, time, kind, then its fields.
+pub fn render_event(event: &Value) -> String {
+    let mut fields: Vec<String> = event
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "seq" | "time" | "event"))
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort();
+    format!(
+        "{} {} {} {}\n",
+        event["seq"],
+        event["time"].as_str().unwrap_or("-"),
+        event["event"].as_str().unwrap_or("?"),
+        fields.join(" ")
+    )
+}
+
+/// `vxc shutdown` / `vxc enable`: the `vxc.put` that changes only `shutdown` of the VXC as
+/// `vxc.get` showed it.
+pub fn with_shutdown(view: &Value, shutdown: bool) -> Result<VxcRequest, String> {
+    let v: VxcView = field(view, "vxc")?;
+    Ok(VxcRequest {
+        id: v.id,
+        name: v.name,
+        service_key: v.service_key,
+        rate_mbps: i64::from(v.rate_mbps),
+        a_end: AEndRequest {
+            port: v.a_end.port,
+            vlan: v.a_end.vlan.map(i64::from),
+            untagged: v.a_end.untagged.unwrap_or(false),
+        },
+        service_level_ref: v.service_level_ref,
+        shutdown,
+    })
+}
+
 /// `vxc.get` / `vxc.put` / `vxc.plan`: the VXC's fields.
 pub fn render_vxc(result: &Value) -> Result<String, String> {
     let v: VxcView = field(result, "vxc")?;
-    let state = match v.state_reason {
+    let mut state = match v.state_reason {
         Some(reason) => format!("{} ({reason})", v.state),
         None => v.state,
     };
+    if v.shutdown && state != "shutdown" {
+        // Shut down while pending or failed: say both.
+        state.push_str(", shutdown: yes");
+    }
     Ok(field_list(&[
         ("id", v.id),
         ("name", v.name),

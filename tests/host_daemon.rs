@@ -962,3 +962,77 @@ fn sync_converges_to_exactly_the_set_and_refuses_what_breaks_a_rule() {
     assert_eq!(ok(d.call(json!({"op": "status"})))["generation"], json!(2));
     err(d.call(sync(1, set2, false)), "stale_generation");
 }
+
+/// Issue 11's commands of vxcctl against the daemon: `vxc shutdown` / `vxc enable` change only
+/// `shutdown`, `stats` prints a row per end, `watch` prints events as they happen.
+#[test]
+fn vxcctl_shutdown_enable_stats_and_watch() {
+    let ns = Netns::new("ctl11");
+    let d = with_absent_ports(&ns);
+    ok(d.call(single_use_key("k-1", "mel-2", 100)));
+    ok(d.call(vxc("v-1", "k-1", "mel-1", Some(200))));
+    let (code, out, err) = vxcctl(&d, &["--json", "vxc", "shutdown", "v-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let shut: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (
+            shut["vxc"]["shutdown"].clone(),
+            shut["vxc"]["a_end"]["vlan"].clone()
+        ),
+        (json!(true), json!(200)),
+        "{out}"
+    );
+    let (code, out, _) = vxcctl(&d, &["vxc", "show", "v-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("shutdown") && out.contains("yes"), "{out}");
+    let (code, out, err) = vxcctl(&d, &["--json", "vxc", "enable", "v-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let enabled: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(enabled["vxc"]["shutdown"], json!(false), "{out}");
+    assert_eq!(enabled["vxc"]["rate_mbps"], json!(100), "{out}");
+    let (code, out, err) = vxcctl(&d, &["stats", "v-1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("SHAPER DROPS") && out.contains("nope1.200") && out.contains("nope2.100"),
+        "{out}"
+    );
+    let (code, _, err) = vxcctl(&d, &["stats", "v-404"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not_found"), "{err}");
+
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_vxcctl"))
+        .args(["--socket", d.socket.to_str().expect("socket path"), "watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("vxcctl watch");
+    let stdout = watcher.stdout.take().expect("watch stdout");
+    // The watch is in place once the daemon has answered it: its first line comes from the
+    // key put below, which is sent until one arrives (bounded).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut line = None;
+    for i in 0..50 {
+        ok(d.call(multi_use_key(&format!("k-w{i}"), "mel-2")));
+        if let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            line = Some(l);
+            break;
+        }
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let line = line.expect("vxcctl watch printed no event");
+    assert!(
+        line.contains("key_stored") && line.contains("key=k-w"),
+        "{line}"
+    );
+}

@@ -43,7 +43,54 @@ fn request(command: Command) -> Result<(Op, Renderer), client::InputError> {
         }
         Command::Verify { id } => (Op::Verify { id }, client::render_verify),
         Command::Inspect => (Op::Inspect {}, client::render_inspect),
+        Command::Stats { id } => (Op::VxcStats { id }, client::render_stats),
+        // Both take a vxc.get first (see main).
+        Command::Vxc(VxcCommand::Shutdown { id }) | Command::Vxc(VxcCommand::Enable { id }) => {
+            (Op::VxcGet { id }, client::render_vxc)
+        }
+        Command::Watch { since } => (Op::Watch { since }, client::render_json),
     })
+}
+
+/// `vxcctl watch`: one line per event until the daemon closes the stream or the user stops it.
+fn watch(socket: &std::path::Path, op: &Op, json: bool) -> ExitCode {
+    use std::io::{BufRead, BufReader};
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e) => return fail(2, &format!("connecting to {}: {e}", socket.display())),
+    };
+    let Ok(mut line) = serde_json::to_string(op) else {
+        return fail(2, "cannot encode the watch request");
+    };
+    line.push('\n');
+    if let Err(e) = stream.write_all(line.as_bytes()) {
+        return fail(2, &format!("writing to {}: {e}", socket.display()));
+    }
+    let mut lines = BufReader::new(stream).lines();
+    match lines.next() {
+        Some(Ok(first)) => {
+            let answer: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
+            if answer["ok"] != serde_json::Value::Bool(true) {
+                return fail(1, &format!("watch refused: {first}"));
+            }
+        }
+        _ => return fail(2, "vxcd closed the connection before answering"),
+    }
+    for line in lines {
+        let Ok(line) = line else { break };
+        let text = if json {
+            format!("{line}\n")
+        } else {
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(event) => client::render_event(&event),
+                Err(_) => format!("{line}\n"),
+            }
+        };
+        if print(&text) != ExitCode::SUCCESS {
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -52,12 +99,37 @@ fn main() -> ExitCode {
     let json = cli.json;
     let socket = client::socket_path(cli.socket);
     let is_verify = matches!(cli.command, Command::Verify { .. });
+    let is_watch = matches!(cli.command, Command::Watch { .. });
+    let toggle = match &cli.command {
+        Command::Vxc(VxcCommand::Shutdown { .. }) => Some(true),
+        Command::Vxc(VxcCommand::Enable { .. }) => Some(false),
+        _ => None,
+    };
     let (op, render) = match request(cli.command) {
         Ok(request) => request,
         Err(err) => return fail(2, &err.to_string()),
     };
-    let result = Client::connect_with_timeout(&socket, Duration::from_secs(cli.timeout))
-        .and_then(|mut client| client.call_op(&op));
+    if is_watch {
+        return watch(&socket, &op, json);
+    }
+    let result = Client::connect_with_timeout(&socket, Duration::from_secs(cli.timeout)).and_then(
+        |mut client| {
+            let shown = client.call_op(&op)?;
+            match toggle {
+                None => Ok(shown),
+                Some(shutdown) => {
+                    let vxc = client::with_shutdown(&shown, shutdown).map_err(|detail| {
+                        ClientError::Protocol {
+                            path: socket.clone(),
+                            op: "vxc.get".into(),
+                            detail,
+                        }
+                    })?;
+                    client.call_op(&Op::VxcPut { vxc })
+                }
+            }
+        },
+    );
     match result {
         Ok(result) => {
             let rendered = if json {

@@ -58,6 +58,18 @@ pub enum Command {
     },
     /// The packet inspector's counters per VXC end and violations per port
     Inspect,
+    /// The kernel's counters of each VXC end and its shaper (all VXCs without an id)
+    Stats {
+        /// VXC id
+        id: Option<String>,
+    },
+    /// Print vxcd's events as they happen (VXC changes and states, drift repairs, ...) until
+    /// interrupted
+    Watch {
+        /// Replay the events after this seq first (from vxcd's ring of the last 4096)
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,12 +90,22 @@ pub enum VxcCommand {
         /// VXC id
         id: String,
     },
-    /// Create a VXC, or change its name, rate or service level reference
+    /// Create a VXC, or change its name, rate, service level reference, A-End VLAN or shutdown
     Put(VxcArgs),
     /// Check a VXC put without changing anything: shows the VXC it would make
     Plan(VxcArgs),
     /// Delete a VXC (its VLANs are freed; a single-use key stays used)
     Delete {
+        /// VXC id
+        id: String,
+    },
+    /// Shut a VXC down: it keeps its VLANs, but no frame crosses it
+    Shutdown {
+        /// VXC id
+        id: String,
+    },
+    /// Bring a shut-down VXC back
+    Enable {
         /// VXC id
         id: String,
     },

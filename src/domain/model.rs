@@ -137,7 +137,7 @@ pub struct VxcRequest {
     pub service_level_ref: Option<String>,
     /// `true`: shut the VXC down (kept, VLANs reserved, no frame crosses); `false` (the
     /// default, so a put that omits it brings a shut VXC back): carry frames.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shutdown: bool,
 }
 

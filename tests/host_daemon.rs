@@ -1036,3 +1036,56 @@ fn vxcctl_shutdown_enable_stats_and_watch() {
         "{line}"
     );
 }
+
+/// Issue 11, (5): a violation the inspector sees for the first time is a `violation` event on
+/// `watch`; more frames of the same kind are counted, not sent again.
+#[test]
+fn a_violation_first_seen_is_an_event() {
+    use std::io::{BufRead, BufReader, Write};
+    let (ns, d) = with_present_ports();
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    (&stream).write_all(b"{\"op\":\"watch\"}\n").expect("watch");
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("watch answer");
+    assert!(line.contains("\"watching\":true"), "{line}");
+    ns.run(|| {
+        let sender = vxcd::inspector::ring::Sender::open("p1x").expect("packet socket on p1x");
+        sender
+            .send_copies(&frame(Some(77)), 3)
+            .expect("sending tagged frames");
+    });
+    let mut events = Vec::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).unwrap_or(0);
+        assert!(
+            n > 0,
+            "the watch ended with no violation event; events: {events:?}\n{}",
+            d.log()
+        );
+        let event: Value = serde_json::from_str(&line).expect("event json");
+        if event["event"] == json!("violation") {
+            assert_eq!(
+                (
+                    event["port"].clone(),
+                    event["kind"].clone(),
+                    event["vlan"].clone(),
+                    event["direction"].clone()
+                ),
+                (
+                    json!("syd-1"),
+                    json!("unknown_vlan"),
+                    json!(77),
+                    json!("rx")
+                ),
+                "{event}"
+            );
+            break;
+        }
+        events.push(event);
+    }
+}

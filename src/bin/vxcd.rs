@@ -336,6 +336,11 @@ async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), Stri
     let control = Arc::new(Control::new(engine, access));
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, control.clone(), stopped.clone()));
+    tokio::spawn(engine::report_violations(
+        control.reader.clone(),
+        control.events.clone(),
+        stopped.clone(),
+    ));
     if let Some(listen) = config.metrics_listen() {
         let (reader, stopped) = (control.reader.clone(), stopped.clone());
         tokio::spawn(async move {

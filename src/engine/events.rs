@@ -68,6 +68,16 @@ pub enum EventKind {
         vxc: Option<String>,
         what: Vec<String>,
     },
+    /// The inspector saw a kind of violation on a port for the first time (per kind, VLAN and
+    /// direction; later frames of it are counted, in `inspect` and `/metrics`, not sent again).
+    Violation {
+        port: String,
+        kind: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vlan: Option<u16>,
+        direction: String,
+        count: u64,
+    },
     /// A full-state `sync` of this generation is in the kernel and on disk.
     GenerationApplied {
         generation: u64,
@@ -158,6 +168,46 @@ impl Events {
             replay,
             live: self.live.subscribe(),
             last_seq,
+        }
+    }
+}
+
+/// Sends a `violation` event for each violation bucket the inspector shows for the first time,
+/// looking once a second (the capture threads count, they do not call out). Ends with `shutdown`.
+pub async fn report_violations(
+    reader: super::Reader,
+    events: Arc<Events>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let state = reader.state();
+        let Some(inspector) = state.inspector.clone() else {
+            continue;
+        };
+        drop(state);
+        for port in inspector.snapshot().ports {
+            for v in port.violations.iter().filter(|v| v.count > 0) {
+                let direction = match v.direction {
+                    crate::inspector::Direction::Rx => "rx",
+                    crate::inspector::Direction::Tx => "tx",
+                };
+                let key = (port.port.clone(), v.kind.as_str(), v.vlan, direction);
+                if seen.insert(key) {
+                    events.emit(EventKind::Violation {
+                        port: port.port.clone(),
+                        kind: v.kind.as_str().to_owned(),
+                        vlan: v.vlan,
+                        direction: direction.to_owned(),
+                        count: v.count,
+                    });
+                }
+            }
         }
     }
 }

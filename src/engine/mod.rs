@@ -26,7 +26,7 @@ use crate::inspector::{self, InspectConfig, Inspector};
 use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
-pub use events::{Event, EventKind, Events, Subscription, RING_SIZE};
+pub use events::{report_violations, Event, EventKind, Events, Subscription, RING_SIZE};
 pub use read::{is_read, rfc3339, Published, ReadState, Reader, VxcState};
 pub use record::{load_state, Loaded, Record, Snapshot};
 pub use verify::run_verify;

@@ -141,6 +141,16 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .expect("VmHWM in status")
 }
 
+/// Bytes the daemon logged since `from`, but root's own key.put lines ("service key r0-1
+/// stored" and its audit line): those are root's, not the attack's.
+fn attack_log_bytes(d: &Daemon, from: usize) -> usize {
+    d.log()[from..]
+        .lines()
+        .filter(|l| !l.contains(" stored key=") && !l.contains("uid=0 op=key.put"))
+        .map(|l| l.len() + 1)
+        .sum()
+}
+
 /// Time of one root request on a fresh connection.
 /// Root's slowest `hello` or `key.put` over `n` rounds (keys `{prefix}-{i}`), each printed.
 fn root_worst(d: &Daemon, prefix: &str, n: usize) -> Duration {
@@ -316,7 +326,7 @@ print(json.dumps({"open": len(socks), "failed": failed}))
     let worst = root_worst(&d, "k", 20);
     let elapsed = started.elapsed();
     let cpu = cpu_ticks(pid) - cpu_before;
-    let log_growth = d.log().len() - log_before;
+    let log_growth = attack_log_bytes(&d, log_before);
     eprintln!(
         "2000 idle connections from uid 65534: attacker {report}; root's worst hello/key.put \
          {worst:?}; daemon CPU {cpu} ticks over {elapsed:?}; log grew {log_growth} bytes"
@@ -583,12 +593,7 @@ while sys.stdin.readline():
         }
     }
     let hwm = vm_hwm_kib(pid);
-    // Root's own key.put lines ("service key r0-1 stored") are its, not the attack's.
-    let log_growth: usize = d.log()[log_before..]
-        .lines()
-        .filter(|l| !l.contains(" stored key="))
-        .map(|l| l.len() + 1)
-        .sum();
+    let log_growth = attack_log_bytes(&d, log_before);
     eprintln!(
         "8000 keys; floods {flood_report}; readers {reading_report} then {read_after}: root's \
          worst hello/key.put {worst:?}; daemon VmHWM {hwm} kB; log grew {log_growth} bytes"

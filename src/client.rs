@@ -419,6 +419,7 @@ impl VxcArgs {
                 untagged: self.untagged,
             },
             service_level_ref: self.service_level_ref.clone(),
+            shutdown: self.shutdown,
         })
     }
 }
@@ -1053,6 +1054,7 @@ mod tests {
             a_vlan: None,
             untagged: true,
             service_level_ref: Some("cc".into()),
+            shutdown: false,
         }
         .request()
         .unwrap();

@@ -29,8 +29,19 @@ pub struct Config {
     pub dataplane: DataplaneSection,
     #[serde(default)]
     pub inspector: InspectorSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
+}
+
+/// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `address:port` to serve `GET /metrics` on, e.g. `127.0.0.1:9863`.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -292,7 +303,19 @@ impl Config {
         if config.reconcile.interval_s == 0 {
             return Err(fail("key reconcile.interval_s: must be at least 1".into()));
         }
+        if let Some(listen) = &config.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(fail(format!(
+                    "key metrics.listen: {listen:?} is not an address:port (e.g. \"127.0.0.1:9863\")"
+                )));
+            }
+        }
         Ok(config)
+    }
+
+    /// Where `/metrics` is served; `None`: off.
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.listen.as_deref().and_then(|l| l.parse().ok())
     }
 
     /// The dataplane's settings.

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod engine;
 pub mod inspector;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod reconcile;
 pub mod server;

@@ -53,6 +53,30 @@ pub enum Op {
     /// The packet inspector's counters and violations.
     #[serde(rename = "inspect")]
     Inspect {},
+    /// The kernel's counters of a VXC's ends and shapers (or, without id, of every VXC).
+    #[serde(rename = "vxc.stats")]
+    VxcStats {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// The complete desired state: applied so that exactly these VXCs exist (keys cannot be
+    /// removed: those absent are left and listed).
+    #[serde(rename = "sync")]
+    Sync {
+        generation: u64,
+        #[serde(default)]
+        keys: Vec<KeyRequest>,
+        #[serde(default)]
+        vxcs: Vec<VxcRequest>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Turns the connection into a stream of events (after `since`, from the ring, then live).
+    #[serde(rename = "watch")]
+    Watch {
+        #[serde(default)]
+        since: Option<u64>,
+    },
 }
 
 /// The operation names, for `unknown_op` and for clients.
@@ -71,12 +95,52 @@ pub const OPS: &[&str] = &[
     "vxc.delete",
     "verify",
     "inspect",
+    "vxc.stats",
+    "watch",
+    "sync",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
-const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify"];
+const ID_IS_ARGUMENT: &[&str] = &["vxc.get", "vxc.delete", "verify", "vxc.stats"];
 
 impl Op {
+    /// The operation's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Hello {} => "hello",
+            Op::Status {} => "status",
+            Op::PortList {} => "port.list",
+            Op::KeyPut { .. } => "key.put",
+            Op::KeyGet { .. } => "key.get",
+            Op::KeyList {} => "key.list",
+            Op::KeyDelete { .. } => "key.delete",
+            Op::VxcPut { .. } => "vxc.put",
+            Op::VxcPlan { .. } => "vxc.plan",
+            Op::VxcGet { .. } => "vxc.get",
+            Op::VxcList {} => "vxc.list",
+            Op::VxcDelete { .. } => "vxc.delete",
+            Op::Verify { .. } => "verify",
+            Op::Inspect {} => "inspect",
+            Op::VxcStats { .. } => "vxc.stats",
+            Op::Watch { .. } => "watch",
+            Op::Sync { .. } => "sync",
+        }
+    }
+
+    /// The object an operation is about, for the audit log ("key k-1", "VXC v-7", "every VXC").
+    pub fn object(&self) -> String {
+        match self {
+            Op::KeyPut { key } => format!("key {}", key.key),
+            Op::KeyGet { key } | Op::KeyDelete { key } => format!("key {key}"),
+            Op::VxcPut { vxc } | Op::VxcPlan { vxc } => format!("VXC {}", vxc.id),
+            Op::VxcGet { id } | Op::VxcDelete { id } => format!("VXC {id}"),
+            Op::Verify { id: Some(id) } | Op::VxcStats { id: Some(id) } => format!("VXC {id}"),
+            Op::Verify { id: None } | Op::VxcStats { id: None } => "every VXC".into(),
+            Op::Sync { generation, .. } => format!("generation {generation}"),
+            _ => String::new(),
+        }
+    }
+
     /// Whether the operation needs a writer: it changes state, or (verify) sends frames into
     /// customer ports.
     pub fn needs_writer(&self) -> bool {
@@ -87,6 +151,7 @@ impl Op {
                 | Op::VxcPut { .. }
                 | Op::VxcDelete { .. }
                 | Op::Verify { .. }
+                | Op::Sync { .. }
         )
     }
 }
@@ -236,9 +301,10 @@ fn check_ids(op: &Op) -> Result<(), crate::domain::RuleError> {
     use crate::domain::{KeyId, VxcId};
     match op {
         Op::KeyGet { key } | Op::KeyDelete { key } => KeyId::parse("key", key).map(drop),
-        Op::VxcGet { id } | Op::VxcDelete { id } | Op::Verify { id: Some(id) } => {
-            VxcId::parse("id", id).map(drop)
-        }
+        Op::VxcGet { id }
+        | Op::VxcDelete { id }
+        | Op::Verify { id: Some(id) }
+        | Op::VxcStats { id: Some(id) } => VxcId::parse("id", id).map(drop),
         _ => Ok(()),
     }
 }
@@ -316,12 +382,38 @@ pub struct VxcView {
     pub service_level_ref: Option<String>,
     pub a_end: EndView,
     pub b_end: EndView,
-    /// `up`, `pending`, `failed`, or `planned` (vxc.plan).
+    /// `up`, `shutdown` (shut down by the operator, its objects right), `pending`, `failed`,
+    /// or `planned` (vxc.plan).
     pub state: String,
     /// Why the VXC is pending or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
     pub created_at: String,
+    /// As put: true while the VXC is shut down.
+    #[serde(default)]
+    pub shutdown: bool,
+}
+
+/// `vxc.stats`: one VXC's ends with the kernel's counters, read at `read_at`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VxcStatsView {
+    pub id: String,
+    pub state: String,
+    pub rate_mbps: u32,
+    pub read_at: String,
+    pub a_end: EndStatsView,
+    pub b_end: EndStatsView,
+}
+
+/// One end's counters: `counters` of the end interface and `shaper` of its TBF, `null` where
+/// the object is not in the kernel (a pending VXC, a port not configured).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndStatsView {
+    pub port: String,
+    pub vlan: Option<u16>,
+    pub interface: Option<String>,
+    pub counters: Option<crate::dataplane::InterfaceCounters>,
+    pub shaper: Option<crate::dataplane::ShaperCounters>,
 }
 
 /// A port as answered.
@@ -359,6 +451,9 @@ pub struct StatusView {
     /// Whether the state can be written.
     #[serde(default)]
     pub store: StoreStatus,
+    /// The last full-state `sync` generation applied (`null`: none yet).
+    #[serde(default)]
+    pub generation: Option<u64>,
 }
 
 /// `status.store`: `ok` false while the store refuses writes (e.g. the disk is full); `error` says

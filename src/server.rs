@@ -28,6 +28,8 @@ pub struct Peer {
 pub struct Control {
     pub engine: tokio::sync::Mutex<Engine>,
     pub reader: Reader,
+    /// What `watch` streams.
+    pub events: Arc<crate::engine::Events>,
     pub access: Access,
     /// Readers' list answers computed at once (root and the writers do not wait for it): the
     /// work of a reader flood is bounded by the cores, not by the connections.
@@ -36,6 +38,8 @@ pub struct Control {
     /// that neither kind of holder starves the other: partial request lines beyond
     /// [`FREE_BUFFER`] each ...
     budget: Arc<Semaphore>,
+    /// Rate bound of the audit lines of unauthorized attempts.
+    refusals: Mutex<RateLog>,
     /// ... and readers' answers computed but not yet written beyond [`FREE_ANSWER`] each.
     answer_budget: Arc<Semaphore>,
     answer_budget_bytes: usize,
@@ -53,17 +57,46 @@ pub struct AnswerHold {
 impl Control {
     pub fn new(engine: Engine, access: Access) -> Self {
         let reader = engine.reader();
+        let events = engine.events();
         let total = access.buffer_budget.min(Semaphore::MAX_PERMITS);
         let answer_budget_bytes = total - total / 2;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Control {
             engine: tokio::sync::Mutex::new(engine),
             reader,
+            events,
             access,
             heavy_reads: Semaphore::new(cores),
             budget: Arc::new(Semaphore::new(total / 2)),
             answer_budget: Arc::new(Semaphore::new(answer_budget_bytes)),
             answer_budget_bytes,
+            refusals: Mutex::new(RateLog::new()),
+        }
+    }
+
+    /// The audit log: every change and every refused change, with who asked (journald fields
+    /// `UID`, `OP`, `OBJECT`, `OUTCOME`). A reader's refused attempts are logged at a bounded
+    /// rate: they are the one kind a local user can send without limit.
+    fn audit(&self, peer: Peer, op: &str, object: &str, failure: Option<&Failure>) {
+        match failure {
+            None => log::info!(
+                uid = peer.uid, op = op, object = object, outcome = "ok";
+                "uid {}: {op} {object}: ok", peer.uid
+            ),
+            Some(f) if f.code == "unauthorized" => {
+                if let Ok(mut limit) = self.refusals.lock() {
+                    if limit.allow() {
+                        log::warn!(
+                            uid = peer.uid, op = op, object = object, outcome = f.code;
+                            "uid {}: {op} {object}: refused, unauthorized{}", peer.uid, limit.suppressed_note()
+                        );
+                    }
+                }
+            }
+            Some(f) => log::warn!(
+                uid = peer.uid, op = op, object = object, outcome = f.code;
+                "uid {}: {op} {object}: refused, {}: {}", peer.uid, f.code, f.message
+            ),
         }
     }
 
@@ -106,6 +139,7 @@ impl Control {
             Op::PortList {} => {
                 return Ok(serde_json::json!({"ports": self.reader.port_views().await}));
             }
+            Op::VxcStats { id } => return self.reader.vxc_stats(id.as_deref()).await,
             op if crate::engine::is_read(op) => {
                 if let Some(answer) = self.reader.state().answer(op) {
                     return answer;
@@ -284,6 +318,33 @@ impl RateLog {
         RateLog {
             last: None,
             suppressed: 0,
+        }
+    }
+
+    /// True when a line may be logged now; otherwise counts it as suppressed.
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < LOG_PERIOD)
+        {
+            self.suppressed += 1;
+            return false;
+        }
+        self.last = Some(now);
+        true
+    }
+
+    /// " (N more like it ... not logged)" for the line `allow` let through, and resets the count.
+    fn suppressed_note(&mut self) -> String {
+        let n = std::mem::take(&mut self.suppressed);
+        if n == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({n} more like it in the last {} s not logged)",
+                LOG_PERIOD.as_secs()
+            )
         }
     }
 
@@ -603,33 +664,124 @@ async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let Some((answer, _hold)) = respond(line, peer, fd, &control, &mut shutdown).await else {
-            return;
-        };
-        if !send(&mut stream, answer, idle).await {
-            return;
+        match respond(line, peer, fd, &control, &mut shutdown).await {
+            None => return,
+            Some(Responded::Watch(request)) => {
+                return stream_events(stream, request, &control, shutdown, idle).await;
+            }
+            Some(Responded::Answer(answer, _hold)) => {
+                if !send(&mut stream, answer, idle).await {
+                    return;
+                }
+            }
         }
     }
 }
 
-/// The answer line to one request line, and what it holds of the budget until it is written;
-/// `None` when the peer has gone or the daemon stops.
+enum Responded {
+    /// The answer line, and what it holds of the budget until it is written.
+    Answer(String, AnswerHold),
+    /// A `watch`: the connection becomes a stream of events.
+    Watch(Request),
+}
+
+/// `watch`: one answer line (`{"watching": true, "last_seq": N}`), then one line per event,
+/// until the peer closes, stops reading for `idle`, or the daemon stops. What the peer sends
+/// meanwhile is read and ignored (a closed peer is noticed that way).
+async fn stream_events(
+    mut stream: UnixStream,
+    request: Request,
+    control: &Control,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Duration,
+) {
+    let Op::Watch { since } = request.op else {
+        return;
+    };
+    let sub = control.events.subscribe(since);
+    let mut live = sub.live;
+    let answer = protocol::success_line(
+        &request.id,
+        serde_json::json!({"watching": true, "last_seq": sub.last_seq}),
+    );
+    if !send(&mut stream, answer, idle).await {
+        return;
+    }
+    let mut last = sub.last_seq;
+    for event in sub.replay {
+        last = last.max(event.seq);
+        if !send_event(&mut stream, &event, idle).await {
+            return;
+        }
+    }
+    let (mut read, mut write) = stream.into_split();
+    let mut sink = [0u8; 512];
+    loop {
+        let event = tokio::select! {
+            event = live.recv() => event,
+            n = read.read(&mut sink) => match n {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Too slow for the live stream: say so, and go on from what comes next.
+                std::sync::Arc::new(crate::engine::Event {
+                    seq: last,
+                    time: crate::engine::rfc3339(time::OffsetDateTime::now_utc()),
+                    kind: crate::engine::EventKind::Gap { missed_after: last },
+                })
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        last = last.max(event.seq);
+        let mut line = match serde_json::to_string(&*event) {
+            Ok(line) => line,
+            Err(_) => continue,
+        };
+        line.push('\n');
+        match tokio::time::timeout(idle, write.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+async fn send_event(stream: &mut UnixStream, event: &crate::engine::Event, idle: Duration) -> bool {
+    match serde_json::to_string(event) {
+        Ok(line) => send(stream, line, idle).await,
+        Err(_) => true,
+    }
+}
+
+/// The answer to one request line; `None` when the peer has gone or the daemon stops.
 async fn respond(
     line: &[u8],
     peer: Peer,
     fd: RawFd,
     control: &Control,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(String, AnswerHold)> {
+) -> Option<Responded> {
     let mut reserved = None;
     loop {
         let answer = match protocol::parse_request(line) {
             Err((id, failure)) => protocol::failure_line(&id, &failure),
+            Ok(request) if matches!(request.op, Op::Watch { .. }) => {
+                return Some(Responded::Watch(request));
+            }
             Ok(request) => {
                 if !peer_connected(fd) {
                     return None;
                 }
                 let id = request.id.clone();
+                let op_name = request.op.name();
+                let audited = request
+                    .op
+                    .needs_writer()
+                    .then(|| (request.op.name(), request.op.object()));
                 let answered = match control
                     .list_line(&request, peer, || peer_connected(fd))
                     .await
@@ -640,6 +792,13 @@ async fn respond(
                         .await
                         .map(|result| protocol::success_line(&id, result)),
                 };
+                crate::metrics::count_request(
+                    op_name,
+                    answered.as_ref().err().map_or("ok", |f| f.code),
+                );
+                if let Some((op, object)) = audited {
+                    control.audit(peer, op, &object, answered.as_ref().err());
+                }
                 match answered {
                     Ok(line) => line,
                     Err(failure) if failure.code == "gone" => return None,
@@ -648,10 +807,10 @@ async fn respond(
             }
         };
         if let Some(hold) = reserved.take() {
-            return Some((answer, hold));
+            return Some(Responded::Answer(answer, hold));
         }
         if let Some(hold) = control.hold_answer(peer, answer.len()) {
-            return Some((answer, hold));
+            return Some(Responded::Answer(answer, hold));
         }
         // Unread answers of other readers fill the budget: drop this one rather than hold it,
         // wait until its size fits, then answer again (only reads are this large, so answering

@@ -107,6 +107,132 @@ fn pipe_joins_two_untagged_ends_and_remove_takes_it_down() {
     }
 }
 
+/// Issue 11, shutdown: the pipe filters go (no frame crosses), the ends and their shapers
+/// stay; a plan of the shut VXC is clean, one of the VXC carrying frames reports the missing
+/// pipes; enabling brings the pipe back.
+#[test]
+fn shutdown_takes_the_pipe_away_keeps_the_shapers_and_enable_restores_it() {
+    let t = topo();
+    let up = untagged("vxc-shut", 100, "e1", "e2");
+    let shut = VxcSpec {
+        shutdown: true,
+        ..up.clone()
+    };
+    let (u, s) = (up.clone(), shut.clone());
+    let (report, shut_status, up_status) = t.edge.block_on(move || async move {
+        let dp = dp().await;
+        dp.apply(&u).await.expect("apply");
+        let report = dp.apply(&s).await.expect("shut down");
+        let observed = dp.observe().await.expect("observe");
+        let shut_plan = Dataplane::plan(std::slice::from_ref(&s), &observed);
+        let up_plan = Dataplane::plan(std::slice::from_ref(&u), &observed);
+        (
+            report,
+            shut_plan.status("vxc-shut").cloned(),
+            up_plan.status("vxc-shut").cloned(),
+        )
+    });
+    for obj in ["pipe filter on e1", "pipe filter on e2"] {
+        assert!(
+            report
+                .changes
+                .iter()
+                .any(|c| c.object == obj && c.change == ObjectChange::Deleted),
+            "{obj} not reported deleted: {:?}",
+            report.changes
+        );
+    }
+    assert_eq!(report.changes.len(), 2, "{:?}", report.changes);
+    assert_eq!(shut_status, Some(VxcStatus::Ok));
+    assert!(
+        matches!(&up_status, Some(VxcStatus::Drift(d)) if d.iter().any(|d| matches!(d, Discrepancy::Missing { object } if object == "pipe filter on e1"))),
+        "{up_status:?}"
+    );
+    assert!(
+        !t.cust.reaches(&t.prov, PROV_IP),
+        "a frame crossed a shut-down VXC"
+    );
+    for dev in ["e1", "e2"] {
+        let q = t.edge.tc(&["qdisc", "show", "dev", dev]);
+        assert!(q.contains("tbf") && q.contains("ingress"), "{dev}: {q}");
+        let f = t.edge.tc(&["filter", "show", "dev", dev, "ingress"]);
+        assert!(f.trim().is_empty(), "{dev} still has a filter: {f}");
+    }
+    let u = up.clone();
+    let back = t
+        .edge
+        .block_on(move || async move { dp().await.apply(&u).await.expect("enable") });
+    assert_eq!(back.changes.len(), 2, "{:?}", back.changes);
+    assert!(
+        t.cust.reaches(&t.prov, PROV_IP),
+        "enabling did not bring the pipe back"
+    );
+}
+
+/// Issue 11, statistics: the end interfaces' and shapers' counters move with the traffic the
+/// pipe carries, and the shaper's totals run on across a rate change (replaced in place).
+#[test]
+fn end_counters_move_with_the_traffic_and_survive_a_rate_change() {
+    let t = topo();
+    let spec = untagged("vxc-stats", 100, "e1", "e2");
+    let s = spec.clone();
+    let before = t.edge.block_on(move || async move {
+        let dp = dp().await;
+        dp.apply(&s).await.expect("apply");
+        (
+            dp.end_counters("e1").await.expect("counters e1"),
+            dp.end_counters("e2").await.expect("counters e2"),
+        )
+    });
+    assert!(t.cust.reaches(&t.prov, PROV_IP), "no pipe");
+    let pinged = t
+        .cust
+        .exec_ok(&["ping", "-c", "5", "-i", "0.2", "-W", "2", PROV_IP]);
+    let s = VxcSpec {
+        rate_mbps: 50,
+        ..spec.clone()
+    };
+    let (after, changed, gone) = t.edge.block_on(move || async move {
+        let dp = dp().await;
+        let after = (
+            dp.end_counters("e1").await.expect("counters e1"),
+            dp.end_counters("e2").await.expect("counters e2"),
+        );
+        dp.apply(&s).await.expect("rate change");
+        let changed = dp
+            .end_counters("e2")
+            .await
+            .expect("counters after the change");
+        let gone = dp.end_counters("nope0").await.expect("counters of no link");
+        (after, changed, gone)
+    });
+    assert!(pinged, "pings lost on an unloaded pipe");
+    let (a0, b0) = before;
+    let (a1, b1) = after;
+    let (ia0, ia1) = (
+        a0.interface.expect("e1 counters"),
+        a1.interface.expect("e1 counters"),
+    );
+    let (sb0, sb1) = (
+        b0.shaper.expect("e2 shaper"),
+        b1.shaper.clone().expect("e2 shaper"),
+    );
+    // The customer's frames enter e1 (rx) and leave e2 through its shaper (sent).
+    assert!(ia1.rx_packets >= ia0.rx_packets + 5, "{ia0:?} -> {ia1:?}");
+    assert!(
+        sb1.sent_packets >= sb0.sent_packets + 5,
+        "{sb0:?} -> {sb1:?}"
+    );
+    assert!(sb1.sent_bytes > sb0.sent_bytes);
+    assert_eq!(sb1.drops, 0, "{sb1:?}");
+    let sb2 = changed.shaper.expect("e2 shaper after the rate change");
+    assert!(
+        sb2.sent_packets >= sb1.sent_packets,
+        "the shaper's totals reset: {sb1:?} -> {sb2:?}"
+    );
+    assert_eq!(gone, vxcd::dataplane::EndCounters::default());
+}
+
 #[test]
 fn shapers_read_back_and_rate_change_is_in_place() {
     let t = topo();

@@ -606,6 +606,7 @@ fn verify_probes_are_not_customer_traffic() {
             interface: "e2".into(),
             vlan: None,
         },
+        shutdown: false,
     };
     let exp = Expectation::from_vxcs(&ports, std::slice::from_ref(&spec));
     let inspector = t

@@ -855,6 +855,228 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= seq_before_kill, "snapshots only move on");
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
+
+    /// Issue 11, (3) and (4): `vxc.stats` and `/metrics` count a measured number of pings on
+    /// both ends and shapers, and a flow at three times the rate shows as the B-End shaper's
+    /// drops, the same figures in both (scraped with curl, parsed by prometheus-parse).
+    fn stats_and_metrics_count_the_pings_and_the_shapers_drops() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        topo.edge.ip("link set lo up");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "[metrics]\nlisten = \"127.0.0.1:9863\"\n");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 10));
+        // Neighbours resolved first, so the counted pings are the only frames.
+        topo.customer.assert_ping("10.1.0.2", 1);
+        let stats = || vxcd.ok(json!({"op": "vxc.stats", "id": "vxc-1"}))["vxc"].clone();
+        let n = |v: &Value, end: &str, part: &str, field: &str| {
+            v[end][part][field].as_u64().unwrap_or_else(|| panic!("{end}.{part}.{field} in {v}"))
+        };
+        let s0 = stats();
+        topo.customer.assert_ping("10.1.0.2", 10);
+        let s1 = stats();
+        let moved = |end: &str, part: &str, field: &str| n(&s1, end, part, field) - n(&s0, end, part, field);
+        // Echo requests enter the A-End and leave through the B-End's shaper; replies the other
+        // way. A stray neighbour probe may add one or two.
+        for (end, part, field) in [("a_end", "counters", "rx_packets"), ("b_end", "shaper", "sent_packets"),
+            ("b_end", "counters", "rx_packets"), ("a_end", "shaper", "sent_packets")] {
+            let d = moved(end, part, field);
+            assert!((10..=12).contains(&d), "{end}.{part}.{field} moved by {d} for 10 pings\n{s0}\n{s1}");
+        }
+        assert_eq!(n(&s1, "b_end", "shaper", "drops"), n(&s0, "b_end", "shaper", "drops"));
+        assert!(s1["read_at"].is_string(), "{s1}");
+
+        // 30 Mbit/s offered into a 10 Mbit/s VXC.
+        let (_, received, _) = measure_udp(&topo.customer, &topo.provider, "10.1.0.2", 30.0, Duration::from_secs(2));
+        let s2 = stats();
+        let d = |end: &str, part: &str, field: &str| n(&s2, end, part, field) - n(&s1, end, part, field);
+        let (entered, sent, dropped) = (d("a_end", "counters", "rx_packets"),
+            d("b_end", "shaper", "sent_packets"), d("b_end", "shaper", "drops"));
+        assert!(dropped > entered / 4, "the shaper dropped {dropped} of {entered}\n{s2}");
+        assert!(sent >= received, "the shaper sent {sent}, the provider received {received} after the first");
+        let accounted = sent + dropped;
+        assert!(accounted <= entered && accounted + entered / 50 + 5 >= entered,
+            "entered {entered}, sent {sent} + dropped {dropped}\n{s2}");
+
+        let text = topo.edge.exec("curl", &["-sf", "http://127.0.0.1:9863/metrics"]);
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("parsing /metrics");
+        let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            let found = scrape.samples.iter().find(|s| s.metric == name
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in /metrics:\n{text}"));
+            match found.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: {other:?}"),
+            }
+        };
+        let b = [("vxc", "vxc-1"), ("end", "b")];
+        let a = [("vxc", "vxc-1"), ("end", "a")];
+        assert_eq!(sample("vxcd_shaper_drops_total", &b), n(&s2, "b_end", "shaper", "drops") as f64);
+        assert_eq!(sample("vxcd_shaper_sent_packets_total", &b), n(&s2, "b_end", "shaper", "sent_packets") as f64);
+        assert_eq!(sample("vxcd_end_rx_packets_total", &a), n(&s2, "a_end", "counters", "rx_packets") as f64);
+        assert_eq!(sample("vxcd_vxc_state", &[("vxc", "vxc-1"), ("state", "up")]), 1.0);
+        assert_eq!(sample("vxcd_vxc_rate_mbps", &[("vxc", "vxc-1")]), 10.0);
+        assert!(sample("vxcd_requests_total", &[("op", "vxc.put"), ("outcome", "ok")]) >= 1.0);
+        assert!(sample("vxcd_requests_total", &[("op", "vxc.stats"), ("outcome", "ok")]) >= 3.0);
+        assert!(sample("vxcd_reconcile_passes_total", &[]) >= 1.0);
+        assert!(text.contains("vxcd_store_write_duration_seconds_bucket"), "{text}");
+    }
+
+    /// Issue 11, (6) in the kernel: a sync brings its VXCs up; the same sync again touches no
+    /// kernel object (same ifindexes, no change reported); dropping a VXC from the set removes
+    /// its objects.
+    fn sync_programs_the_set_and_the_same_sync_again_touches_nothing() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "");
+        let keys = json!([single_use_key("key-100", "prov", 100)["key"], multi_use_key("key-m", "prov")["key"]]);
+        let body = |v: Value| v["vxc"].clone();
+        let set = json!([body(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100)),
+            body(vxc_put("vxc-2", "key-m", AEnd::Vlan(201), 100))]);
+        let sync = |generation: u64, vxcs: &Value| json!({"op": "sync", "generation": generation,
+            "keys": keys.clone(), "vxcs": vxcs.clone()});
+        let first = vxcd.ok(sync(1, &set));
+        assert_eq!(first["vxcs"]["created"], json!(["vxc-1", "vxc-2"]), "{first}");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        let ends: Vec<String> = end_interfaces(&vxcd.vxcs()).into_iter().collect();
+        assert_eq!(ends.len(), 4, "{ends:?}");
+        let indexes: Vec<u32> = ends.iter().map(|e| topo.edge.ifindex(e)).collect();
+        let qdiscs = topo.edge.tc("qdisc show");
+        let log_before = vxcd.log().len();
+        let again = vxcd.ok(sync(1, &set));
+        assert_eq!(again["vxcs"]["unchanged"], json!(["vxc-1", "vxc-2"]), "{again}");
+        assert_eq!(ends.iter().map(|e| topo.edge.ifindex(e)).collect::<Vec<_>>(), indexes);
+        assert_eq!(topo.edge.tc("qdisc show"), qdiscs, "the same sync changed a qdisc");
+        let said = vxcd.log()[log_before..].to_string();
+        // Every change of a VXC is logged as "VXC <id> ..."; the summary says it changed none.
+        assert!(!said.contains("VXC vxc-") && !said.contains("repaired"),
+            "the same sync again changed something:\n{said}");
+        assert!(said.contains("0 created, 0 updated, 0 deleted, 2 unchanged"), "{said}");
+        let fewer = json!([set[0].clone()]);
+        let second = vxcd.ok(sync(2, &fewer));
+        assert_eq!(second["vxcs"]["deleted"], json!(["vxc-2"]), "{second}");
+        let left = end_interfaces(&vxcd.vxcs());
+        for end in ends.iter().filter(|e| !left.contains(*e)) {
+            assert!(topo.edge.link(end).is_none(), "{end} of the dropped VXC is still there");
+        }
+        assert_eq!(left.len(), 2, "{left:?}");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        assert_eq!(vxcd.status()["generation"], json!(2));
+    }
+
+    /// Issue 11, (5): a `watch` client sees the events of a put, a drift repair (a subinterface
+    /// deleted by hand) and a delete, in order with increasing seq; one reconnecting with `since`
+    /// gets what it missed.
+    fn watch_streams_put_repair_and_delete_and_since_replays_them() {
+        let topo = Topology::new();
+        let vxcd = Vxcd::start(&topo.edge, PORTS, "[reconcile]\ninterval_s = 3600\n");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        let mut watcher = vxcd.client();
+        let started = watcher.call(&json!({"op": "watch"})).expect("watch answer");
+        assert_eq!(started["result"]["watching"], json!(true), "{started}");
+        vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100));
+        topo.edge.ip("link del cust0.200");
+        wait_until(LIMIT, "the reconciler to repair cust0.200", || topo.edge.link("cust0.200").is_some());
+        vxcd.ok(json!({"op": "vxc.delete", "id": "vxc-1"}));
+        let mut seen = Vec::new();
+        while !seen.iter().any(|e: &Value| e["event"] == json!("vxc_deleted")) {
+            let event = watcher.next_line().expect("the watch stream ended early");
+            seen.push(event);
+        }
+        let kinds: Vec<&str> = seen.iter().map(|e| e["event"].as_str().unwrap_or("")).collect();
+        let position = |kind: &str| kinds.iter().position(|k| *k == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {kinds:?}"));
+        assert!(position("vxc_created") < position("drift_repaired"), "{kinds:?}");
+        assert!(position("drift_repaired") < position("vxc_deleted"), "{kinds:?}");
+        assert!(kinds.contains(&"key_used") && kinds.contains(&"vxc_state"), "{kinds:?}");
+        let repaired = &seen[position("drift_repaired")];
+        assert_eq!(repaired["vxc"], json!("vxc-1"), "{repaired}");
+        assert!(repaired["what"].to_string().contains("cust0.200"), "{repaired}");
+        let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs not increasing: {seqs:?}");
+        assert!(seen.iter().all(|e| e["time"].is_string()), "{seen:?}");
+
+        // A watcher that saw only up to vxc_created gets the rest again.
+        let created = seqs[position("vxc_created")];
+        let mut late = vxcd.client();
+        let answer = late.call(&json!({"op": "watch", "since": created})).expect("watch answer");
+        assert_eq!(answer["result"]["last_seq"], json!(seqs[seqs.len() - 1]), "{answer}");
+        let replayed: Vec<Value> = (created + 1..=seqs[seqs.len() - 1])
+            .map(|_| late.next_line().expect("replay"))
+            .collect();
+        assert_eq!(replayed, seen[position("vxc_created") + 1..].to_vec());
+    }
+
+    /// Issue 11, (1) and (2): a live A-End VLAN change moves the customer's ping from VLAN 200 to
+    /// 300 (make-before-break; the old subinterface gone, VLAN 200 free for another VXC, only the
+    /// new tag on the wire); shutdown stops every frame both ways while the VLANs stay reserved,
+    /// survives a restart as `shutdown`, and enabling brings the ping back.
+    fn a_live_vlan_change_moves_the_ping_and_shutdown_stops_every_frame() {
+        let topo = Topology::new();
+        topo.customer.add_vlan("eth0", 200, "10.1.0.1/24");
+        topo.provider.add_vlan("eth0", 100, "10.1.0.2/24");
+        let mut vxcd = Vxcd::start(&topo.edge, PORTS, "");
+        vxcd.ok(single_use_key("key-100", "prov", 100));
+        vxcd.ok(single_use_key("key-101", "prov", 101));
+        vxcd.ok(multi_use_key("key-m", "prov"));
+        let vxc1 = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(200), 100))["vxc"].clone();
+        assert_up(&vxc1, "cust0.200", "prov0.100");
+        topo.customer.assert_ping("10.1.0.2", 2);
+        let b_index = topo.edge.ifindex("prov0.100");
+
+        // The customer moves to VLAN 300; so does the VXC.
+        topo.customer.ip("link del eth0.200");
+        topo.customer.add_vlan("eth0", 300, "10.1.0.1/24");
+        let customer_wire = topo.customer.capture("eth0", "");
+        let moved = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(300), 100))["vxc"].clone();
+        assert_up(&moved, "cust0.300", "prov0.100");
+        assert!(topo.edge.link("cust0.200").is_none(), "the old subinterface is still there");
+        assert_eq!(topo.edge.ifindex("prov0.100"), b_index, "the B-End was rebuilt, not kept");
+        topo.customer.assert_ping("10.1.0.2", 3);
+        customer_wire.wait_for(LIMIT, |l| icmp(l).len() >= 6);
+        let customer = customer_wire.stop();
+        assert_eq!(vlans_seen(&customer), BTreeSet::from([300]), "{}", customer.join("\n"));
+        // VLAN 200 is free again; 300 is taken.
+        let vxc2 = vxcd.ok(vxc_put("vxc-2", "key-101", AEnd::Vlan(200), 100))["vxc"].clone();
+        assert_up(&vxc2, "cust0.200", "prov0.101");
+        vxcd.ok(json!({"op": "vxc.delete", "id": "vxc-2"}));
+        let refused = vxcd.refused(vxc_put("vxc-3", "key-m", AEnd::Vlan(300), 100), "vlan_in_use");
+        assert!(refused.to_string().contains("vxc-1"), "{refused}");
+
+        // Shutdown: nothing crosses either way; the ends and their VLANs stay.
+        let shut = vxcd.ok(json!({"op": "vxc.put", "vxc": {"id": "vxc-1", "name": "lab vxc-1",
+            "service_key": "key-100", "rate_mbps": 100, "a_end": {"port": "cust", "vlan": 300},
+            "shutdown": true}}))["vxc"].clone();
+        assert_eq!((shut["state"].clone(), shut["shutdown"].clone()), (json!("shutdown"), json!(true)), "{shut}");
+        let mac = |ns: &Netns| ns.sh("cat /sys/class/net/eth0/address").trim().to_string();
+        let (cust_mac, prov_mac) = (mac(&topo.customer), mac(&topo.provider));
+        let at_provider = topo.provider.capture("eth0", &format!("ether src {cust_mac}"));
+        let at_customer = topo.customer.capture("eth0", &format!("ether src {prov_mac}"));
+        let from_customer = topo.customer.ping("10.1.0.2", 3);
+        let from_provider = topo.provider.ping("10.1.0.1", 3);
+        assert_eq!((from_customer.received, from_provider.received), (0, 0),
+            "a ping crossed a shut-down VXC:\n{}\n{}", from_customer.output, from_provider.output);
+        let (leaked_in, leaked_out) = (at_provider.stop(), at_customer.stop());
+        assert!(leaked_in.is_empty() && leaked_out.is_empty(),
+            "frames crossed a shut-down VXC:\nat the provider:\n{}\nat the customer:\n{}",
+            leaked_in.join("\n"), leaked_out.join("\n"));
+        assert!(topo.edge.link("cust0.300").is_some() && topo.edge.link("prov0.100").is_some());
+        vxcd.refused(vxc_put("vxc-3", "key-m", AEnd::Vlan(300), 100), "vlan_in_use");
+        vxcd.terminate();
+        vxcd.launch();
+        let after = vxcd.ok(json!({"op": "vxc.get", "id": "vxc-1"}))["vxc"].clone();
+        assert_eq!(after["state"], json!("shutdown"), "after a restart: {after}");
+        assert_eq!(topo.customer.ping("10.1.0.2", 2).received, 0, "a restart brought a shut VXC's pipe back");
+
+        // Enabled again: the ping is back.
+        let enabled = vxcd.ok(vxc_put("vxc-1", "key-100", AEnd::Vlan(300), 100))["vxc"].clone();
+        assert_up(&enabled, "cust0.300", "prov0.100");
+        topo.customer.assert_ping("10.1.0.2", 3);
+    }
 }
 
 /// `vxcctl status` prints `field: value` lines.

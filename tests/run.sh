@@ -16,6 +16,7 @@ command -v cpio >/dev/null || need_pkgs+=(cpio)
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v socat >/dev/null || need_pkgs+=(socat)
+command -v curl >/dev/null || need_pkgs+=(curl)
 command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 # Real-systemd lab tier (tests/lab_systemd.rs): a Debian 12 root from Debian's packages on an ext4 image.
 command -v mmdebstrap >/dev/null || need_pkgs+=(mmdebstrap)

@@ -197,7 +197,11 @@ async fn run(config: Config) -> Result<(), String> {
         "loading state from {}",
         config.state.dir.display()
     ));
-    let (model, store) = engine::load_state(&config.state.dir, &ports)?;
+    let engine::Loaded {
+        model,
+        store,
+        generation,
+    } = engine::load_state(&config.state.dir, &ports)?;
     let (keys, vxcs) = (model.keys().count(), model.vxcs().count());
     log::info!(
         "state loaded from {}: {keys} keys, {vxcs} VXCs",
@@ -216,6 +220,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| gone(&config, format!("subscribing to kernel events: {e}")))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.set_compact_every(config.state.compact_every);
+    engine.restore_generation(generation);
     status(&format!(
         "converging {vxcs} VXCs on {} ports with the kernel",
         ports.len()
@@ -225,6 +230,14 @@ async fn run(config: Config) -> Result<(), String> {
     let control = Arc::new(Control::new(engine, access));
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(server::serve(listener, control.clone(), stopped.clone()));
+    if let Some(listen) = config.metrics_listen() {
+        let (reader, stopped) = (control.reader.clone(), stopped.clone());
+        tokio::spawn(async move {
+            if let Err(e) = vxcd::metrics::serve(listen, reader, stopped).await {
+                log::error!("{e}; running without metrics");
+            }
+        });
+    }
     tokio::spawn(vxcd::reconcile::run(
         control.clone(),
         Duration::from_secs(config.reconcile.interval_s),

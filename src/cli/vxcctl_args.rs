@@ -143,6 +143,7 @@ pub struct VxcArgs {
     /// standard input
     #[arg(long, value_name = "PATH", conflicts_with_all = [
         "id", "name", "key", "rate", "a_port", "a_vlan", "untagged", "service_level_ref",
+        "shutdown",
     ])]
     pub file: Option<PathBuf>,
     /// VXC id
@@ -169,4 +170,7 @@ pub struct VxcArgs {
     /// Billing reference (cost centre)
     #[arg(long, value_name = "REF")]
     pub service_level_ref: Option<String>,
+    /// Shut the VXC down: kept with its VLANs, but no frame crosses (omitted: carry frames)
+    #[arg(long)]
+    pub shutdown: bool,
 }

@@ -84,6 +84,7 @@
 mod nl;
 mod ops;
 mod plan;
+mod stats;
 pub mod tbf;
 
 use std::collections::{HashMap, HashSet};
@@ -94,6 +95,7 @@ pub use ops::{
     VxcOutcome,
 };
 pub use plan::{Discrepancy, Orphan, Plan, VxcPlan, VxcStatus};
+pub use stats::{EndCounters, InterfaceCounters, ShaperCounters};
 pub use tbf::{BurstPolicy, TbfParams};
 
 /// Handle major of vxcd's root TBF (`0x7863` = "xc"); the minor is 0.
@@ -123,6 +125,8 @@ pub struct VxcSpec {
     pub rate_mbps: u32,
     pub a: EndSpec,
     pub b: EndSpec,
+    /// Shut down: both ends and their shapers stay, the pipe filters do not (no frame crosses).
+    pub shutdown: bool,
 }
 
 /// Which end of a VXC.

@@ -187,6 +187,12 @@ enum Undo {
         handle: u32,
         target: u32,
     },
+    /// A pipe filter deleted to shut a VXC down, made again.
+    CreateFilter {
+        index: u32,
+        name: String,
+        target: u32,
+    },
 }
 
 /// Steps of one apply: what to report and what to undo.
@@ -206,7 +212,7 @@ impl Journal {
 /// The dataplane: one rtnetlink connection in the namespace it was opened in.
 #[derive(Debug, Clone)]
 pub struct Dataplane {
-    handle: Handle,
+    pub(super) handle: Handle,
     cfg: DataplaneConfig,
     /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY);
     /// other requests are pipelined freely.
@@ -216,7 +222,7 @@ pub struct Dataplane {
     port_interfaces: Vec<String>,
 }
 
-fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
+pub(super) fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
     match e {
         ReqError::Kernel(errno) => DataplaneError::Kernel {
             action: action.into(),
@@ -837,6 +843,9 @@ impl Dataplane {
         for side in [Side::A, Side::B] {
             ends.push(self.ensure_end(vxc, side, obs, j).await?);
         }
+        if vxc.shutdown {
+            return self.unjoin(vxc, &ends, obs, j).await;
+        }
         for (i, (index, fresh)) in ends.iter().enumerate() {
             let target = ends[1 - i].0;
             let name = end_interface_name(
@@ -850,6 +859,42 @@ impl Dataplane {
             };
             self.ensure_filter(*index, &name, target, existing, obs, j)
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// A shut-down VXC: both ends stay, shaped, but their pipe filters go, so no frame
+    /// crosses (a frame entering an end finds no redirect and no address: it is dropped).
+    async fn unjoin(
+        &self,
+        vxc: &VxcSpec,
+        ends: &[(u32, bool)],
+        obs: &Observed,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        for (i, (index, fresh)) in ends.iter().enumerate() {
+            if *fresh {
+                continue;
+            }
+            let Some(filter) = obs.filters.get(index).and_then(|f| f.ours.clone()) else {
+                continue;
+            };
+            let end = vxc.end([Side::A, Side::B][i]);
+            let name = end_interface_name(&end.interface, end.vlan);
+            self.delete_filter(*index, &name).await?;
+            let undo = filter
+                .redirect_to
+                .filter(|_| filter.match_all)
+                .map(|target| Undo::CreateFilter {
+                    index: *index,
+                    name: name.clone(),
+                    target,
+                });
+            j.record(
+                format!("pipe filter on {name}"),
+                ObjectChange::Deleted,
+                undo,
+            );
         }
         Ok(())
     }
@@ -1499,6 +1544,23 @@ impl Dataplane {
             }
             Undo::DeleteIngress { index, name } => self.delete_ingress(index, &name).await,
             Undo::DeleteFilter { index, name } => self.delete_filter(index, &name).await,
+            Undo::CreateFilter {
+                index,
+                name,
+                target,
+            } => {
+                let msg = tc_msg(
+                    index,
+                    0,
+                    INGRESS_HANDLE,
+                    filter_info(),
+                    pipe_filter_attrs(target),
+                );
+                let r = self
+                    .ack(RouteNetlinkMessage::NewTrafficFilter(msg), NLM_F_CREATE)
+                    .await;
+                Self::gone_ok(r, "restoring", &format!("pipe filter on {name}"))
+            }
             Undo::RestoreFilter {
                 index,
                 name,
@@ -1542,8 +1604,18 @@ impl Dataplane {
     /// and filters along) and, on untagged ends, vxcd's filter, TBF and (if no other filter
     /// uses it) the ingress qdisc. Absent objects are not an error.
     pub async fn remove(&self, vxc: &VxcSpec) -> Result<(), DataplaneError> {
+        self.remove_ends(vxc, &[Side::A, Side::B]).await
+    }
+
+    /// Takes down one end of a VXC whose other end stays (a live VLAN change: the end on the
+    /// old VLAN goes once the new one is joined).
+    pub async fn remove_end(&self, vxc: &VxcSpec, side: Side) -> Result<(), DataplaneError> {
+        self.remove_ends(vxc, &[side]).await
+    }
+
+    async fn remove_ends(&self, vxc: &VxcSpec, sides: &[Side]) -> Result<(), DataplaneError> {
         let obs = self.observe_vxc(vxc).await?;
-        for side in [Side::A, Side::B] {
+        for &side in sides {
             let end = vxc.end(side);
             let Some(parent) = obs.link_by_name(&end.interface) else {
                 continue;

@@ -357,6 +357,23 @@ fn vxc_discrepancies(vxc: &VxcSpec, obs: &Observed) -> Vec<Discrepancy> {
         };
         let name = obs.name_of(index);
         let object = format!("pipe filter on {name}");
+        if vxc.shutdown {
+            if obs
+                .filters
+                .get(&index)
+                .and_then(|f| f.ours.as_ref())
+                .is_some()
+            {
+                differs(
+                    &mut out,
+                    &object,
+                    "presence",
+                    "absent (the VXC is shut down)",
+                    "present",
+                );
+            }
+            continue;
+        }
         if !obs.ingress.contains(&index) {
             out.push(Discrepancy::Missing { object });
             continue;

@@ -117,6 +117,10 @@ pub struct Vxc {
     pub b_end: BEnd,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// Shut down by the operator: kept, with its VLANs reserved, but no frame crosses. Written
+    /// only when true, so a journal of a VXC never shut reads the same as before the field.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shutdown: bool,
 }
 
 /// `vxc.put`'s argument, as sent.
@@ -131,6 +135,10 @@ pub struct VxcRequest {
     pub a_end: AEndRequest,
     #[serde(default)]
     pub service_level_ref: Option<String>,
+    /// `true`: shut the VXC down (kept, VLANs reserved, no frame crosses); `false` (the
+    /// default, so a put that omits it brings a shut VXC back): carry frames.
+    #[serde(default)]
+    pub shutdown: bool,
 }
 
 /// The A-End as asked for: a port, and a VLAN (omitted: assign one) or `untagged: true`.
@@ -538,7 +546,7 @@ impl Model {
     }
 
     /// Checks a `vxc.put` (and answers `vxc.plan`). A new id redeems the key; an existing id may
-    /// change only `name`, `service_level_ref` and `rate_mbps`.
+    /// change only `name`, `service_level_ref`, `rate_mbps`, `shutdown` and a tagged A-End's VLAN.
     pub fn plan_vxc(&self, req: &VxcRequest, now: OffsetDateTime) -> Result<VxcPlan, RuleError> {
         let id = VxcId::parse("id", &req.id)?;
         text("name", &req.name, 1)?;
@@ -580,11 +588,6 @@ impl Model {
             ("service_key", &existing.service_key != key_id),
             ("a_end.port", &existing.a_end.port != a_port),
             ("a_end.untagged", untagged_now != req.a_end.untagged),
-            // An omitted VLAN matches whatever was assigned.
-            (
-                "a_end.vlan",
-                a_vlan.is_some() && a_vlan != existing.a_end.vlan,
-            ),
         ];
         if let Some((field, _)) = immutable.into_iter().find(|(_, differs)| *differs) {
             return Err(RuleError::ImmutableField {
@@ -593,10 +596,35 @@ impl Model {
             });
         }
         self.check_rate_within_key(key_id, rate_mbps)?;
+        // A tagged A-End may move to another VLAN of its port (an omitted VLAN keeps the one
+        // assigned), under the rules of a new one: free on the port, or refused naming the
+        // holder and the next free VLAN.
+        let a_end_vlan = match (existing.a_end.vlan, a_vlan) {
+            (Some(now), Some(wanted)) if wanted != now => {
+                let state = self.ports.get(a_port);
+                if let (Some(state), Some(holder)) =
+                    (state, state.and_then(|s| s.holders.get(&wanted)))
+                {
+                    return Err(RuleError::VlanInUse {
+                        port: a_port.clone(),
+                        vlan: wanted,
+                        held_by: holder.clone(),
+                        next_available: state.taken.next_available(wanted),
+                    });
+                }
+                Some(wanted)
+            }
+            (now, _) => now,
+        };
         let after = Vxc {
             name: req.name.clone(),
             service_level_ref: req.service_level_ref.clone(),
             rate_mbps,
+            shutdown: req.shutdown,
+            a_end: AEnd {
+                port: existing.a_end.port.clone(),
+                vlan: a_end_vlan,
+            },
             ..existing.clone()
         };
         let change = if &after == existing {
@@ -720,6 +748,7 @@ impl Model {
                 vlan: b_vlan,
             },
             created_at: now,
+            shutdown: req.shutdown,
         };
         let key_after = key.single_use.then(|| ServiceKey {
             redeemed_by: Some(id),
@@ -752,7 +781,19 @@ impl Model {
                 self.index_vxc(&vxc);
                 self.vxcs.insert(vxc.id.clone(), vxc);
             }
-            Change::Updated { after, .. } => {
+            Change::Updated { before, after } => {
+                if before.a_end.vlan != after.a_end.vlan {
+                    let holder = Holder::Vxc(after.id.clone());
+                    let a = self.port_mut(&after.a_end.port);
+                    if let Some(old) = before.a_end.vlan {
+                        a.taken.remove(old);
+                        a.holders.remove(&old);
+                    }
+                    if let Some(new) = after.a_end.vlan {
+                        a.taken.insert(new);
+                        a.holders.insert(new, holder);
+                    }
+                }
                 self.vxcs.insert(after.id.clone(), after);
             }
         }

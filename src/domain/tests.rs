@@ -72,6 +72,7 @@ fn vxc(id: &str, key: &str, a_port: &str) -> VxcRequest {
             untagged: false,
         },
         service_level_ref: None,
+        shutdown: false,
     }
 }
 
@@ -1014,6 +1015,7 @@ fn new_vxc_records_its_fields_ends_and_creation_time() {
             vlan: v(2),
         },
         created_at: NOW,
+        shutdown: false,
     };
     assert_eq!(
         plan,
@@ -1432,7 +1434,6 @@ fn existing_vxc_refuses_a_change_of_each_immutable_field_and_names_it() {
         ("x1", "service_key", tagged(vxc("x1", "k2", "p1"), 100)),
         ("x1", "a_end.port", tagged(vxc("x1", "k1", "p4"), 100)),
         ("x1", "a_end.untagged", untagged(vxc("x1", "k1", "p1"))),
-        ("x1", "a_end.vlan", tagged(vxc("x1", "k1", "p1"), 101)),
         ("x2", "a_end.untagged", vxc("x2", "k1", "p3")),
         ("x2", "a_end.untagged", tagged(vxc("x2", "k1", "p3"), 5)),
     ];
@@ -1447,6 +1448,97 @@ fn existing_vxc_refuses_a_change_of_each_immutable_field_and_names_it() {
         );
         assert_code(&err, "immutable_field");
     }
+}
+
+#[test]
+fn a_live_a_end_vlan_change_frees_the_old_vlan_and_takes_the_new_one() {
+    let mut m = model();
+    put_key(&mut m, multi("k1", "p2"));
+    let before = put_vxc(&mut m, tagged(vxc("x1", "k1", "p1"), 100));
+    let plan = m
+        .plan_vxc(&tagged(vxc("x1", "k1", "p1"), 200), NOW)
+        .unwrap();
+    let after = Vxc {
+        a_end: AEnd {
+            port: pn("p1"),
+            vlan: Some(v(200)),
+        },
+        ..before.clone()
+    };
+    assert_eq!(
+        plan,
+        VxcPlan {
+            change: Change::Updated {
+                before,
+                after: after.clone()
+            },
+            key_after: None
+        }
+    );
+    m.commit_vxc(plan);
+    assert_eq!(m.vxc("x1"), Some(&after));
+    // The old VLAN is free for another VXC; the new one is taken.
+    let x2 = put_vxc(&mut m, tagged(vxc("x2", "k1", "p1"), 100));
+    assert_eq!(x2.a_end.vlan, Some(v(100)));
+    let err = refuse_vxc(&m, &tagged(vxc("x3", "k1", "p1"), 200));
+    assert_code(&err, "vlan_in_use");
+    // The B-End VLAN stays the key's.
+    assert_eq!(m.vxc("x1").map(|x| x.b_end.vlan), Some(after.b_end.vlan));
+}
+
+#[test]
+fn a_live_a_end_vlan_change_to_a_vlan_in_use_names_the_holder_and_the_next_free() {
+    let mut m = model();
+    put_key(&mut m, multi("k1", "p2"));
+    put_vxc(&mut m, tagged(vxc("x1", "k1", "p1"), 100));
+    put_vxc(&mut m, tagged(vxc("x2", "k1", "p1"), 200));
+    let before = snapshot(&m);
+    let err = refuse_vxc(&m, &tagged(vxc("x1", "k1", "p1"), 200));
+    assert_eq!(
+        err,
+        RuleError::VlanInUse {
+            port: pn("p1"),
+            vlan: v(200),
+            held_by: Holder::Vxc(vid("x2")),
+            next_available: Some(v(201)),
+        }
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("x2") && message.contains("201"),
+        "{message}"
+    );
+    assert_code(
+        &refuse_vxc(&m, &tagged(vxc("x1", "k1", "p1"), 4094)),
+        "vlan_invalid",
+    );
+    assert_eq!(snapshot(&m), before);
+}
+
+#[test]
+fn shutdown_is_changed_in_place_both_ways_and_keeps_the_vlans() {
+    let mut m = model();
+    put_key(&mut m, multi("k1", "p2"));
+    let up = put_vxc(&mut m, tagged(vxc("x1", "k1", "p1"), 100));
+    let shut_req = VxcRequest {
+        shutdown: true,
+        ..tagged(vxc("x1", "k1", "p1"), 100)
+    };
+    let shut = put_vxc(&mut m, shut_req.clone());
+    assert!(shut.shutdown);
+    assert_eq!(
+        (shut.a_end.clone(), shut.b_end.clone()),
+        (up.a_end.clone(), up.b_end.clone())
+    );
+    assert_code(
+        &refuse_vxc(&m, &tagged(vxc("x2", "k1", "p1"), 100)),
+        "vlan_in_use",
+    );
+    // The same put again changes nothing; omitting shutdown brings it back.
+    let again = m.plan_vxc(&shut_req, NOW).unwrap();
+    assert_eq!(again.change, Change::Unchanged(shut.clone()));
+    let back = put_vxc(&mut m, tagged(vxc("x1", "k1", "p1"), 100));
+    assert_eq!(back, up);
 }
 
 #[test]

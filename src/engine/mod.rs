@@ -5,8 +5,10 @@
 //! steps before it, so what was acknowledged is always in the state and the kernel, and nothing
 //! else is. Reads never come here: they are answered from the published state ([`read`]).
 
+mod events;
 mod read;
 mod record;
+mod sync;
 mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,8 +26,9 @@ use crate::inspector::{self, InspectConfig, Inspector};
 use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
-pub use read::{is_read, Published, ReadState, Reader, VxcState};
-pub use record::{load_state, Record, Snapshot};
+pub use events::{Event, EventKind, Events, Subscription, RING_SIZE};
+pub use read::{is_read, rfc3339, Published, ReadState, Reader, VxcState};
+pub use record::{load_state, Loaded, Record, Snapshot};
 pub use verify::run_verify;
 
 pub struct Engine {
@@ -40,6 +43,8 @@ pub struct Engine {
     compact_every: usize,
     /// The snapshot being written on a blocking thread, if any: requests do not wait for it.
     compaction: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    /// What `watch` streams.
+    events: Arc<Events>,
 }
 
 fn missing_text(missing: &[(String, String)]) -> String {
@@ -96,6 +101,7 @@ impl Engine {
             last_reconcile: None,
             drift_repairs: 0,
             kernel_8021q: kernel_has_8021q(),
+            generation: None,
             store: store_status(&store, None),
             inspector: None,
         });
@@ -106,12 +112,23 @@ impl Engine {
             repair,
             compact_every: crate::config::DEFAULT_COMPACT_EVERY,
             compaction: None,
+            events: Arc::new(Events::default()),
         }
     }
 
     /// The read side, for the server: answers from what this engine publishes.
     pub fn reader(&self) -> Reader {
         Reader::new(self.published.clone(), self.dataplane.clone())
+    }
+
+    /// The event stream, for `watch`.
+    pub fn events(&self) -> Arc<Events> {
+        self.events.clone()
+    }
+
+    /// The last `sync` generation applied, as read from the state at start.
+    pub fn restore_generation(&mut self, generation: Option<u64>) {
+        self.published.edit(|s| s.generation = generation);
     }
 
     /// Sets the journal length that triggers a compaction (at least 1).
@@ -244,6 +261,7 @@ impl Engine {
             let snapshot = Snapshot {
                 keys: state.model.keys().cloned().collect(),
                 vxcs: state.model.vxcs().cloned().collect(),
+                generation: state.generation,
             };
             // Let the state go before the long part: the engine copies it while it is held.
             drop(state);
@@ -277,6 +295,13 @@ impl Engine {
             Op::VxcPut { vxc } => self.put_vxc(&vxc, now).await,
             Op::VxcDelete { id } => self.delete_vxc(&id).await,
             Op::PortList {} => Ok(json!({"ports": self.reader().port_views().await})),
+            Op::VxcStats { id } => self.reader().vxc_stats(id.as_deref()).await,
+            Op::Sync {
+                generation,
+                keys,
+                vxcs,
+                dry_run,
+            } => self.sync(generation, &keys, &vxcs, dry_run, now).await,
             Op::Verify { id } => {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))
@@ -299,6 +324,9 @@ impl Engine {
             self.persist(&[Record::Key { key: key.clone() }])?;
             log::info!(key = key.id.as_str(), port = key.port.as_str(); "service key {} stored", key.id);
             self.published.edit(|s| s.model.commit_key(change));
+            self.events.emit(EventKind::KeyStored {
+                key: key.id.to_string(),
+            });
         }
         Ok(json!({"key": self.published.load().key_view(&key, now)}))
     }
@@ -335,35 +363,104 @@ impl Engine {
                     b_port = vxc.b_end.port.as_str(), b_vlan = vxc.b_end.vlan.get(), rate_mbps = vxc.rate_mbps;
                     "VXC {} created: {}", vxc.id, state.name()
                 );
+                let used = plan
+                    .key_after
+                    .as_ref()
+                    .filter(|k| k.single_use)
+                    .map(|k| k.id.to_string());
+                let state_name = state.name();
+                let reason = state.reason();
                 self.published.edit(|s| {
                     s.states.insert(vxc.id.clone(), state);
                     s.model.commit_vxc(plan);
                 });
                 self.inspect_changed(&vxc);
+                let id = vxc.id.to_string();
+                self.events.emit(EventKind::VxcCreated { vxc: id.clone() });
+                if let Some(key) = used {
+                    self.events.emit(EventKind::KeyUsed {
+                        key,
+                        vxc: id.clone(),
+                    });
+                }
+                self.events.emit(EventKind::VxcState {
+                    vxc: id,
+                    old: "new".into(),
+                    new: state_name.into(),
+                    reason,
+                });
                 Ok(json!({"vxc": self.published.load().vxc_view(&vxc, None)}))
             }
             Change::Updated { before, after } => {
                 let (before, after) = (before.clone(), after.clone());
-                let spec = self.spec(&after);
-                let reprogram = before.rate_mbps != after.rate_mbps
-                    && self.published.load().states.get(&after.id) == Some(&VxcState::Up);
-                if let (true, Some(spec)) = (reprogram, &spec) {
-                    self.dataplane
-                        .apply(spec)
-                        .await
-                        .map_err(|e| Failure::dataplane(e.to_string()))?;
+                let was_up = self.published.load().states.get(&after.id) == Some(&VxcState::Up);
+                let moved = before.a_end.vlan != after.a_end.vlan;
+                let reprogram = was_up
+                    && (before.rate_mbps != after.rate_mbps
+                        || before.shutdown != after.shutdown
+                        || moved);
+                let specs = (self.spec(&before), self.spec(&after));
+                if let (true, (Some(old), Some(new))) = (reprogram, &specs) {
+                    self.reprogram(old, new, moved).await?;
                 }
                 if let Err(failure) = self.persist(&[Record::Vxc { vxc: after.clone() }]) {
-                    if let (true, Some(old)) = (reprogram, self.spec(&before)) {
-                        self.undo(self.dataplane.apply(&old).await.map(|_| ()), &after.id);
+                    if let (true, (Some(old), Some(new))) = (reprogram, &specs) {
+                        let undone = self.reprogram(new, old, moved).await;
+                        self.undo(undone.map_err(|f| f.message), &after.id);
                     }
                     return Err(failure);
                 }
-                log::info!(vxc = after.id.as_str(), rate_mbps = after.rate_mbps; "VXC {} updated", after.id);
+                log::info!(
+                    vxc = after.id.as_str(), rate_mbps = after.rate_mbps,
+                    a_vlan = after.a_end.vlan.map(|v| v.get()).unwrap_or(0), shutdown = after.shutdown;
+                    "VXC {} updated{}{}", after.id,
+                    if moved { format!(": A-End VLAN {} -> {}", before.a_end.vlan.map(|v| v.get()).unwrap_or(0), after.a_end.vlan.map(|v| v.get()).unwrap_or(0)) } else { String::new() },
+                    match (before.shutdown, after.shutdown) { (false, true) => ": shut down", (true, false) => ": enabled", _ => "" }
+                );
                 self.published.edit(|s| s.model.commit_vxc(plan));
+                let changed: Vec<String> = [
+                    ("name", before.name != after.name),
+                    ("rate_mbps", before.rate_mbps != after.rate_mbps),
+                    (
+                        "service_level_ref",
+                        before.service_level_ref != after.service_level_ref,
+                    ),
+                    ("a_end.vlan", moved),
+                    ("shutdown", before.shutdown != after.shutdown),
+                ]
+                .into_iter()
+                .filter(|(_, differs)| *differs)
+                .map(|(field, _)| field.to_owned())
+                .collect();
+                self.events.emit(EventKind::VxcUpdated {
+                    vxc: after.id.to_string(),
+                    changed,
+                });
+                if moved {
+                    self.inspect_changed(&before);
+                    self.inspect_changed(&after);
+                }
                 Ok(json!({"vxc": self.published.load().vxc_view(&after, None)}))
             }
         }
+    }
+
+    /// Brings a live VXC from `old` to `new` in the kernel. A new A-End VLAN is made before the
+    /// old one is broken: the new subinterface is created, shaped and joined both ways (the
+    /// B-End's pipe now leads to it) and read back before the old subinterface is deleted, so
+    /// the answer comes only once the new tag works.
+    async fn reprogram(&self, old: &VxcSpec, new: &VxcSpec, moved: bool) -> Result<(), Failure> {
+        self.dataplane
+            .apply(new)
+            .await
+            .map_err(|e| Failure::dataplane(e.to_string()))?;
+        if moved {
+            if let Err(e) = self.dataplane.remove_end(old, dataplane::Side::A).await {
+                // Part of no VXC now: the reconciler removes it as an orphan.
+                log::error!(vxc = new.id.as_str(); "VXC {}: removing the old A-End failed, left to the reconciler: {e}", new.id);
+            }
+        }
+        Ok(())
     }
 
     /// Programs one VXC. A missing port interface makes it pending (it is stored and applied when
@@ -376,7 +473,7 @@ impl Engine {
         }
     }
 
-    fn undo(&self, result: Result<(), dataplane::DataplaneError>, vxc: &VxcId) {
+    fn undo<E: std::fmt::Display>(&self, result: Result<(), E>, vxc: &VxcId) {
         if let Err(e) = result {
             // The reconciler removes or restores it on its next pass: the state is the truth.
             log::error!(vxc = vxc.as_str(); "undoing VXC {vxc} in the kernel failed, left to the reconciler: {e}");
@@ -408,16 +505,23 @@ impl Engine {
             s.states.remove(&vxc.id);
         });
         self.inspect_changed(&vxc);
+        self.events.emit(EventKind::VxcDeleted {
+            vxc: vxc.id.to_string(),
+        });
         Ok(json!({"deleted": vxc.id}))
     }
 
     /// Makes records durable. Compaction is left to [`Engine::handle`], after the commit.
     fn persist(&mut self, records: &[Record]) -> Result<(), Failure> {
+        let started = Instant::now();
         let written = if records.len() == 1 {
             self.store.append(&records[0])
         } else {
             self.store.append_batch(records)
         };
+        crate::metrics::daemon()
+            .store_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.publish_store();
         written.map_err(|e| Failure::internal(format!("state not written, nothing changed: {e}")))
     }
@@ -447,12 +551,20 @@ impl Engine {
             self.check(&desired).await
         };
         let kernel_8021q = kernel_has_8021q();
+        let metrics = crate::metrics::daemon();
+        metrics.reconcile_passes.inc();
+        metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok((states, repaired)) => {
-                let counts = self.published.edit(|s| {
-                    for (id, state) in unconfigured.into_iter().chain(states) {
-                        set_state(&mut s.states, id, state);
-                    }
+                metrics.drift_repairs.inc_by(repaired);
+                let (counts, changes) = self.published.edit(|s| {
+                    let changes: Vec<EventKind> = unconfigured
+                        .into_iter()
+                        .chain(states)
+                        .filter_map(|(id, state)| set_state(&mut s.states, id, state))
+                        .collect();
                     s.drift_repairs += repaired;
                     s.last_reconcile = Some(OffsetDateTime::now_utc());
                     s.kernel_8021q = kernel_8021q;
@@ -460,8 +572,11 @@ impl Engine {
                     for state in s.states.values() {
                         *counts.entry(state.name()).or_default() += 1;
                     }
-                    counts
+                    (counts, changes)
                 });
+                for change in changes {
+                    self.events.emit(change);
+                }
                 if first || repaired > 0 {
                     log::info!(
                         "reconciled in {:.2} s: {repaired} repairs; VXCs {counts:?}",
@@ -470,11 +585,15 @@ impl Engine {
                 }
             }
             Err(e) => {
-                self.published.edit(|s| {
-                    for (id, state) in unconfigured {
-                        set_state(&mut s.states, id, state);
-                    }
+                let changes: Vec<EventKind> = self.published.edit(|s| {
+                    unconfigured
+                        .into_iter()
+                        .filter_map(|(id, state)| set_state(&mut s.states, id, state))
+                        .collect()
                 });
+                for change in changes {
+                    self.events.emit(change);
+                }
                 log::error!("reconcile: reading the kernel failed: {e}");
             }
         }
@@ -499,6 +618,10 @@ impl Engine {
                     repairs += 1;
                     let what: Vec<String> = applied.changes.iter().map(|c| c.to_string()).collect();
                     log::warn!(vxc = id.as_str(); "VXC {id}: repaired: {}", what.join("; "));
+                    self.events.emit(EventKind::DriftRepaired {
+                        vxc: Some(id.to_string()),
+                        what,
+                    });
                     VxcState::Up
                 }
                 VxcOutcome::Pending(missing) => VxcState::Pending(missing_text(&missing)),
@@ -512,6 +635,10 @@ impl Engine {
         for orphan in report.orphans_removed {
             repairs += 1;
             log::warn!("removed {orphan}: owned by vxcd but part of no VXC in the state");
+            self.events.emit(EventKind::DriftRepaired {
+                vxc: None,
+                what: vec![format!("removed {orphan}")],
+            });
         }
         // Not counted as drift: a port's IPv6 is the host's default, not a change to vxcd's objects.
         for (port, done) in report.ports_quieted {
@@ -559,9 +686,19 @@ impl Engine {
 }
 
 /// Records a VXC's state, logging every change of it (a VXC going pending when its port
-/// interface disappears, coming back up, failing).
-fn set_state(states: &mut HashMap<VxcId, VxcState>, id: VxcId, state: VxcState) {
+/// interface disappears, coming back up, failing); the change as an event.
+fn set_state(
+    states: &mut HashMap<VxcId, VxcState>,
+    id: VxcId,
+    state: VxcState,
+) -> Option<EventKind> {
     let before = states.get(&id);
+    let event = (before != Some(&state)).then(|| EventKind::VxcState {
+        vxc: id.to_string(),
+        old: before.map_or("new", VxcState::name).to_owned(),
+        new: state.name().to_owned(),
+        reason: state.reason(),
+    });
     // A VXC found right at start is in the summary; one line each would bury the rest.
     let quiet = before.is_none() && state == VxcState::Up;
     if before != Some(&state) && !quiet {
@@ -573,4 +710,5 @@ fn set_state(states: &mut HashMap<VxcId, VxcState>, id: VxcId, state: VxcState) 
         }
     }
     states.insert(id, state);
+    event
 }

@@ -26,8 +26,8 @@ use crate::dataplane::{self, Dataplane, EndSpec, VxcSpec};
 use crate::domain::{Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
 use crate::inspector::{Direction, Expectation, Inspector, VerifySpec};
 use crate::protocol::{
-    EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView, StoreStatus,
-    VxcView, PROTOCOL_VERSION,
+    EndStatsView, EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView,
+    StoreStatus, VxcStatsView, VxcView, PROTOCOL_VERSION,
 };
 
 /// Where a VXC stands in the kernel.
@@ -72,6 +72,8 @@ pub struct ReadState {
     /// a file scan per poll).
     pub kernel_8021q: bool,
     pub store: StoreStatus,
+    /// The last full-state `sync` generation applied.
+    pub generation: Option<u64>,
     /// The packet inspector, when enabled (it is shared: its tables have their own lock).
     pub inspector: Option<Arc<Inspector>>,
 }
@@ -206,6 +208,7 @@ impl ReadState {
             rate_mbps: vxc.rate_mbps,
             a: self.end_spec(&vxc.a_end.port, vxc.a_end.vlan.map(|v| v.get()))?,
             b: self.end_spec(&vxc.b_end.port, Some(vxc.b_end.vlan.get()))?,
+            shutdown: vxc.shutdown,
         })
     }
 
@@ -240,6 +243,15 @@ impl ReadState {
             .unwrap_or_else(|| VxcState::Pending("not yet reconciled".into()))
     }
 
+    /// The state shown for a VXC: `shutdown` for one shut down whose objects are right, else
+    /// what the kernel says (a shut VXC whose port is missing is `pending`, as any other).
+    pub fn state_name(&self, vxc: &Vxc, state: &VxcState) -> &'static str {
+        match state {
+            VxcState::Up if vxc.shutdown => "shutdown",
+            other => other.name(),
+        }
+    }
+
     fn inspector_status(&self) -> InspectorStatus {
         let Some(inspector) = &self.inspector else {
             return InspectorStatus::default();
@@ -264,8 +276,9 @@ impl ReadState {
     fn status(&self) -> StatusView {
         let mut vxc_states = BTreeMap::new();
         for vxc in self.model.vxcs() {
+            let state = self.state_of(&vxc.id);
             *vxc_states
-                .entry(self.state_of(&vxc.id).name().to_owned())
+                .entry(self.state_name(vxc, &state).to_owned())
                 .or_insert(0) += 1;
         }
         StatusView {
@@ -282,6 +295,7 @@ impl ReadState {
             vxc_states,
             inspector: self.inspector_status(),
             store: self.store.clone(),
+            generation: self.generation,
         }
     }
 
@@ -321,7 +335,7 @@ impl ReadState {
             Some(s) => (s.to_owned(), None),
             None => {
                 let s = self.state_of(&vxc.id);
-                (s.name().to_owned(), s.reason())
+                (self.state_name(vxc, &s).to_owned(), s.reason())
             }
         };
         VxcView {
@@ -345,6 +359,7 @@ impl ReadState {
             state,
             state_reason,
             created_at: rfc3339(vxc.created_at),
+            shutdown: vxc.shutdown,
         }
     }
 }
@@ -369,6 +384,68 @@ impl Reader {
     /// The current published state.
     pub fn state(&self) -> Arc<ReadState> {
         self.published.load()
+    }
+
+    /// `vxc.stats`: the counters of one VXC (`Some(id)`) or of every VXC, read from the kernel
+    /// after the state is let go.
+    pub async fn vxc_stats(&self, id: Option<&str>) -> Result<Value, Failure> {
+        let mut out = self.stats_views(id).await?;
+        Ok(match id {
+            Some(_) => json!({"vxc": out.pop()}),
+            None => json!({"vxcs": out}),
+        })
+    }
+
+    /// The counters of one VXC or every VXC (`vxc.stats`, `/metrics`).
+    pub async fn stats_views(&self, id: Option<&str>) -> Result<Vec<VxcStatsView>, Failure> {
+        let views: Vec<(VxcStatsView, [Option<String>; 2])> = {
+            let state = self.state();
+            let vxcs: Vec<&Vxc> = match id {
+                Some(id) => vec![state.model.vxc(id).ok_or_else(|| RuleError::NotFound {
+                    what: "VXC",
+                    id: id.to_owned(),
+                })?],
+                None => state.model.vxcs().collect(),
+            };
+            vxcs.into_iter()
+                .map(|vxc| {
+                    let view = state.vxc_view(vxc, None);
+                    let end = |e: &EndView| EndStatsView {
+                        port: e.port.clone(),
+                        vlan: e.vlan,
+                        interface: e.interface.clone(),
+                        counters: None,
+                        shaper: None,
+                    };
+                    let names = [view.a_end.interface.clone(), view.b_end.interface.clone()];
+                    let stats = VxcStatsView {
+                        id: view.id.clone(),
+                        state: view.state.clone(),
+                        rate_mbps: view.rate_mbps,
+                        read_at: String::new(),
+                        a_end: end(&view.a_end),
+                        b_end: end(&view.b_end),
+                    };
+                    (stats, names)
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(views.len());
+        for (mut stats, [a, b]) in views {
+            for (end, name) in [(&mut stats.a_end, a), (&mut stats.b_end, b)] {
+                let Some(name) = name else { continue };
+                let counters = self
+                    .dataplane
+                    .end_counters(&name)
+                    .await
+                    .map_err(|e| Failure::dataplane(e.to_string()))?;
+                end.counters = counters.interface;
+                end.shaper = counters.shaper;
+            }
+            stats.read_at = rfc3339(OffsetDateTime::now_utc());
+            out.push(stats);
+        }
+        Ok(out)
     }
 
     /// `port.list`: the model's ports with what the kernel says of their interfaces. The state

@@ -21,6 +21,9 @@ pub enum Record {
     Vxc { vxc: Vxc },
     #[serde(rename = "vxc_deleted")]
     VxcDeleted { id: VxcId },
+    /// A full-state `sync` of this generation was applied.
+    #[serde(rename = "generation")]
+    Generation { generation: u64 },
 }
 
 /// The snapshot: every key and VXC.
@@ -29,11 +32,21 @@ pub enum Record {
 pub struct Snapshot {
     pub keys: Vec<ServiceKey>,
     pub vxcs: Vec<Vxc>,
+    /// The last `sync` generation applied (absent: none yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// What the state directory holds, read at start.
+pub struct Loaded {
+    pub model: Model,
+    pub store: Store<Record>,
+    pub generation: Option<u64>,
 }
 
 /// Loads the state directory into a model. A torn tail (a write that a crash cut short, never
 /// acknowledged) is reported loudly and dropped; any other damage refuses the start.
-pub fn load_state(dir: &Path, ports: &[Port]) -> Result<(Model, Store<Record>), String> {
+pub fn load_state(dir: &Path, ports: &[Port]) -> Result<Loaded, String> {
     let (store, loaded) = Store::<Record>::open::<Snapshot>(dir).map_err(|e| e.to_string())?;
     if let Some(torn) = &loaded.torn_tail {
         log::warn!(
@@ -42,6 +55,7 @@ pub fn load_state(dir: &Path, ports: &[Port]) -> Result<(Model, Store<Record>), 
         );
     }
     let snapshot = loaded.snapshot.unwrap_or_default();
+    let mut generation = snapshot.generation;
     let mut keys: BTreeMap<KeyId, ServiceKey> = snapshot
         .keys
         .into_iter()
@@ -63,6 +77,7 @@ pub fn load_state(dir: &Path, ports: &[Port]) -> Result<(Model, Store<Record>), 
             Record::VxcDeleted { id } => {
                 vxcs.remove(&id);
             }
+            Record::Generation { generation: g } => generation = Some(g),
         }
     }
     let model = Model::restore(
@@ -71,5 +86,9 @@ pub fn load_state(dir: &Path, ports: &[Port]) -> Result<(Model, Store<Record>), 
         vxcs.into_values(),
     )
     .map_err(|e| format!("state in {} is inconsistent: {e}", dir.display()))?;
-    Ok((model, store))
+    Ok(Loaded {
+        model,
+        store,
+        generation,
+    })
 }

@@ -1341,6 +1341,7 @@ mod tests {
                 interface: "eth2".into(),
                 vlan: None,
             },
+            shutdown: false,
         };
         let exp = Expectation::from_vxcs(&[("p3".into(), "eth3".into())], &[vxc]);
         assert_eq!(exp.ports.len(), 3);

@@ -182,6 +182,7 @@ pub fn untagged_vxc(id: &str, rate_mbps: u32, a: &str, b: &str) -> vxcd::datapla
         rate_mbps,
         a: end(a),
         b: end(b),
+        shutdown: false,
     }
 }
 

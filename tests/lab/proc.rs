@@ -412,4 +412,16 @@ impl Client {
             _ => None,
         }
     }
+
+    /// The next line the daemon sends unasked (a `watch` stream); None when it closes.
+    pub fn next_line(&mut self) -> Option<serde_json::Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("stream line {line:?}: {e}")),
+            ),
+            _ => None,
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub const GUEST_TOOLS: &[(&str, &str)] = &[
     ("tc", "/usr/sbin/tc"),
     ("bridge", "/usr/sbin/bridge"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    // Scrapes /metrics (tests/lab_daemon.rs).
+    ("curl", "/usr/bin/curl"),
 ];
 /// Copied into the guest when the host has them; scenarios must not rely on them.
 const OPTIONAL_TOOLS: &[(&str, &str)] = &[

@@ -178,7 +178,7 @@ fn vxc_put_from_a_toml_file_sends_the_vxc_object() {
         request.unwrap(),
         json!({"id": 1, "op": "vxc.put", "vxc": {
             "id": "v-1", "name": "acme-aws", "service_key": "k-1", "rate_mbps": 100,
-            "service_level_ref": "cc-42",
+            "service_level_ref": "cc-42", "shutdown": false,
             "a_end": {"port": "syd-2", "vlan": 200, "untagged": false}
         }})
     );
@@ -221,7 +221,7 @@ fn vxc_plan_from_flags_sends_vxc_plan_with_an_untagged_a_end() {
         request.unwrap(),
         json!({"id": 1, "op": "vxc.plan", "vxc": {
             "id": "v-2", "name": "acme-aws", "service_key": "k-1", "rate_mbps": 100,
-            "service_level_ref": null,
+            "service_level_ref": null, "shutdown": false,
             "a_end": {"port": "syd-2", "vlan": null, "untagged": true}
         }})
     );

@@ -337,6 +337,15 @@ fn stage_run(
 ) -> Result<(), String> {
     let _ = fs::remove_dir_all(run);
     run_capture(Command::new("cp").arg("-al").arg(root).arg(run))?;
+    // man-db's trigger rebuilds its index (mandb, 10-20 s under TCG) on every dpkg run while this
+    // flag file exists; the debconf answer set in the root does not remove it (only man-db's
+    // postinst does). Unlinking it in the copy leaves the cached root alone.
+    match fs::remove_file(run.join("var/lib/man-db/auto-update")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("removing man-db's auto-update flag: {e}"))
+        }
+        _ => {}
+    }
     let lab = run.join("lab");
     fs::create_dir_all(&lab).map_err(|e| format!("creating {}: {e}", lab.display()))?;
     let write = |path: PathBuf, data: &[u8]| {

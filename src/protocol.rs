@@ -71,6 +71,13 @@ pub enum Op {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Many changes in one request: one result per op, in order; `atomic`: all or none.
+    #[serde(rename = "batch")]
+    Batch {
+        ops: Vec<Op>,
+        #[serde(default)]
+        atomic: bool,
+    },
     /// Turns the connection into a stream of events (after `since`, from the ring, then live).
     #[serde(rename = "watch")]
     Watch {
@@ -98,6 +105,7 @@ pub const OPS: &[&str] = &[
     "vxc.stats",
     "watch",
     "sync",
+    "batch",
 ];
 
 /// Operations whose argument is named `id`, like the request id: one field serves as both.
@@ -124,6 +132,7 @@ impl Op {
             Op::VxcStats { .. } => "vxc.stats",
             Op::Watch { .. } => "watch",
             Op::Sync { .. } => "sync",
+            Op::Batch { .. } => "batch",
         }
     }
 
@@ -137,6 +146,11 @@ impl Op {
             Op::Verify { id: Some(id) } | Op::VxcStats { id: Some(id) } => format!("VXC {id}"),
             Op::Verify { id: None } | Op::VxcStats { id: None } => "every VXC".into(),
             Op::Sync { generation, .. } => format!("generation {generation}"),
+            Op::Batch { ops, atomic } => format!(
+                "{} ops{}",
+                ops.len(),
+                if *atomic { " (atomic)" } else { "" }
+            ),
             _ => String::new(),
         }
     }
@@ -152,6 +166,7 @@ impl Op {
                 | Op::VxcDelete { .. }
                 | Op::Verify { .. }
                 | Op::Sync { .. }
+                | Op::Batch { .. }
         )
     }
 }
@@ -297,9 +312,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, (Value, Failure)> {
 
 /// An id argument outside the id grammar cannot name anything: it is a malformed request
 /// (`bad_request`), not a lookup that failed (`not_found`).
-fn check_ids(op: &Op) -> Result<(), crate::domain::RuleError> {
+pub(crate) fn check_ids(op: &Op) -> Result<(), crate::domain::RuleError> {
     use crate::domain::{KeyId, VxcId};
     match op {
+        Op::Batch { ops, .. } => ops.iter().try_for_each(check_ids),
         Op::KeyGet { key } | Op::KeyDelete { key } => KeyId::parse("key", key).map(drop),
         Op::VxcGet { id }
         | Op::VxcDelete { id }
@@ -332,15 +348,20 @@ pub fn success_line_of<R: Serialize>(id: &Value, result: &R) -> Result<String, F
     .map_err(|e| Failure::internal(format!("encoding the answer: {e}")))
 }
 
-/// The answer line for a failure (without the newline).
-pub fn failure_line(id: &Value, failure: &Failure) -> String {
+/// The error object of a failure: `{"code", "message", ...details}`.
+pub fn failure_value(failure: &Failure) -> Value {
     let mut error = Map::new();
     error.insert("code".into(), Value::from(failure.code));
     error.insert("message".into(), Value::from(failure.message.clone()));
     for (k, v) in &failure.details {
         error.insert(k.clone(), v.clone());
     }
-    json!({"id": id, "ok": false, "error": error}).to_string()
+    Value::Object(error)
+}
+
+/// The answer line for a failure (without the newline).
+pub fn failure_line(id: &Value, failure: &Failure) -> String {
+    json!({"id": id, "ok": false, "error": failure_value(failure)}).to_string()
 }
 
 /// A key as answered: the stored fields plus who uses it and whether it can be redeemed now.

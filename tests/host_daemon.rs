@@ -1089,3 +1089,115 @@ fn a_violation_first_seen_is_an_event() {
         events.push(event);
     }
 }
+
+fn batch(ops: Vec<Value>, atomic: bool) -> Value {
+    json!({"op": "batch", "ops": ops, "atomic": atomic})
+}
+
+/// Issue 9, `batch`: an atomic batch whose last op breaks a rule changes nothing and says which
+/// op; a good one is applied whole (one journal entry) and survives a restart; a non-atomic one
+/// applies what it can; ops that cannot be batched are refused.
+#[test]
+fn batches_atomic_all_or_nothing_and_non_atomic_each_alone() {
+    let ns = Netns::new("batch");
+    let mut d = with_absent_ports(&ns);
+    let last_seq = |d: &Daemon| ok(d.call(json!({"op": "status"})))["store"]["last_seq"].clone();
+    let mut ops = vec![multi_use_key("k-1", "mel-2")];
+    for i in 0..499 {
+        ops.push(vxc(&format!("v-{i}"), "k-1", "mel-1", None));
+    }
+    let mut bad = vxc("v-bad", "k-1", "mel-1", None);
+    bad["vxc"]["rate_mbps"] = json!(0);
+    ops.push(bad);
+    let before = last_seq(&d);
+    let refused = ok(d.call(batch(ops.clone(), true)));
+    assert_eq!(
+        (refused["applied"].clone(), refused["failed_op"].clone()),
+        (json!(false), json!(500))
+    );
+    let results = refused["results"].as_array().expect("results");
+    assert_eq!(results.len(), 501);
+    assert_eq!(
+        results[500]["error"]["code"],
+        json!("rate_invalid"),
+        "{}",
+        results[500]
+    );
+    assert_eq!(
+        results[3]["error"]["code"],
+        json!("not_applied"),
+        "{}",
+        results[3]
+    );
+    assert_eq!(
+        vxc_ids(&d),
+        Vec::<String>::new(),
+        "a refused atomic batch left VXCs"
+    );
+    err(d.call(json!({"op": "key.get", "key": "k-1"})), "not_found");
+    assert_eq!(
+        last_seq(&d),
+        before,
+        "a refused atomic batch wrote to the journal"
+    );
+
+    ops.pop();
+    let applied = ok(d.call(batch(ops, true)));
+    assert_eq!(applied["applied"], json!(true));
+    assert!(applied["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .all(|r| r["ok"] == json!(true)));
+    assert_eq!(
+        applied["results"][1]["result"]["vxc"]["a_end"]["vlan"],
+        json!(2)
+    );
+    assert_eq!(vxc_ids(&d).len(), 499);
+    let seq = last_seq(&d).as_u64().expect("seq");
+    assert_eq!(
+        seq,
+        before.as_u64().expect("seq") + 500,
+        "one record per change"
+    );
+
+    let mixed = ok(d.call(batch(
+        vec![
+            vxc("v-x", "k-1", "mel-1", Some(2)),
+            vxc("v-y", "k-1", "mel-1", None),
+            json!({"op": "vxc.get", "id": "v-y"}),
+        ],
+        false,
+    )));
+    assert_eq!(
+        mixed["results"][0]["error"]["code"],
+        json!("vlan_in_use"),
+        "{mixed}"
+    );
+    assert_eq!(mixed["results"][1]["ok"], json!(true), "{mixed}");
+    assert_eq!(
+        mixed["results"][2]["result"]["vxc"]["id"],
+        json!("v-y"),
+        "{mixed}"
+    );
+    let e = err(
+        d.call(batch(vec![json!({"op": "watch"})], false)),
+        "bad_request",
+    );
+    assert!(e["message"].as_str().unwrap_or("").contains("watch"), "{e}");
+    err(
+        d.call(batch(vec![json!({"op": "status"})], true)),
+        "bad_request",
+    );
+    err(
+        d.call(batch(
+            vec![json!({"op": "vxc.get", "id": "bad id!"})],
+            false,
+        )),
+        "bad_request",
+    );
+
+    d.kill9();
+    d.restart();
+    assert_eq!(vxc_ids(&d).len(), 500, "after kill -9");
+}

@@ -856,6 +856,48 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 
+    /// Issue 9, `batch` with `atomic: true`: when its 500th op is refused by the kernel (a
+    /// foreign link holds that end's name), nothing of the first 499 stays in the kernel or the
+    /// state; a kill -9 in the middle of another atomic batch leaves nothing acknowledged, and
+    /// the start after it removes what the batch had made.
+    fn an_atomic_batch_refused_at_its_500th_op_or_killed_leaves_nothing() {
+        let topo = Topology::new();
+        let mut vxcd = Vxcd::start(&topo.edge, PORTS, "[reconcile]\ninterval_s = 3600\n");
+        vxcd.ok(multi_use_key("key-m", "prov"));
+        // Foreign: no vxcd alias, not in its group.
+        topo.edge.ip("link add link cust0 name cust0.599 type vlan id 599");
+        let ops: Vec<Value> = (0..500u16).map(|i| vxc_put(&format!("b-{i}"), "key-m", AEnd::Vlan(100 + i), 10)).collect();
+        let started = Instant::now();
+        // 500 applies and their undo under TCG take minutes: a longer wait than Vxcd::ok's.
+        let answer = long_call(&vxcd.socket, &json!({"op": "batch", "atomic": true, "ops": ops}));
+        assert_eq!(answer["ok"], json!(true), "{}", answer["error"]);
+        let answer = answer["result"].clone();
+        eprintln!("atomic batch of 500, refused at the last op and undone: {:.1} s", started.elapsed().as_secs_f64());
+        assert_eq!((answer["applied"].clone(), answer["failed_op"].clone()), (json!(false), json!(499)), "{}", answer["results"][499]);
+        let failure = answer["results"][499]["error"].to_string();
+        assert!(failure.contains("cust0.599"), "{failure}");
+        assert_eq!(vxcd.vxcs(), Vec::<Value>::new(), "the state kept VXCs of a refused atomic batch");
+        assert_eq!(owned_links(&topo.edge), BTreeSet::new(), "the kernel kept links of a refused atomic batch");
+        assert!(topo.edge.link("cust0.599").is_some(), "the foreign link was touched");
+        assert_eq!(shaped_interfaces(&topo.edge), BTreeSet::new());
+
+        // Killed in the middle: nothing was acknowledged, so nothing may come back.
+        let ops: Vec<Value> = (0..300u16).map(|i| vxc_put(&format!("k-{i}"), "key-m", AEnd::Vlan(1000 + i), 10)).collect();
+        let request = json!({"op": "batch", "atomic": true, "ops": ops});
+        let socket = vxcd.socket.clone();
+        let sender = std::thread::spawn(move || {
+            let mut c = lab::proc::Client::connect(&socket);
+            c.call(&request)
+        });
+        wait_until(LIMIT, "the batch's first subinterface", || !owned_links(&topo.edge).is_empty());
+        vxcd.kill9();
+        let answer = sender.join().expect("sender");
+        assert!(answer.is_none(), "the killed daemon answered: {answer:?}");
+        vxcd.launch();
+        assert_eq!(vxcd.vxcs(), Vec::<Value>::new(), "a killed atomic batch left VXCs in the state");
+        assert_eq!(owned_links(&topo.edge), BTreeSet::new(), "the start kept the killed batch's links");
+    }
+
     /// Issue 11, (3) and (4): `vxc.stats` and `/metrics` count a measured number of pings on
     /// both ends and shapers, and a flow at three times the rate shows as the B-End shaper's
     /// drops, the same figures in both (scraped with curl, parsed by prometheus-parse).
@@ -1077,6 +1119,24 @@ lab::lab_tests! {
         assert_up(&enabled, "cust0.300", "prov0.100");
         topo.customer.assert_ping("10.1.0.2", 3);
     }
+}
+
+/// One request on its own connection, waiting up to 10 minutes for the answer (a batch of
+/// hundreds of VXCs under TCG); the answer is not printed on failure (it is huge).
+fn long_call(socket: &std::path::Path, request: &Value) -> Value {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connecting");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(600)))
+        .expect("timeout");
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .expect("sending");
+    let mut line = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("no answer within 10 minutes");
+    serde_json::from_str(&line).expect("answer json")
 }
 
 /// `vxcctl status` prints `field: value` lines.

@@ -5,6 +5,7 @@
 //! steps before it, so what was acknowledged is always in the state and the kernel, and nothing
 //! else is. Reads never come here: they are answered from the published state ([`read`]).
 
+mod batch;
 mod events;
 mod read;
 mod record;
@@ -373,6 +374,7 @@ impl Engine {
                 vxcs,
                 dry_run,
             } => self.sync(generation, &keys, &vxcs, dry_run, now).await,
+            Op::Batch { ops, atomic } => self.batch(ops, atomic, now).await,
             Op::Verify { id } => {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))

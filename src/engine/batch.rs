@@ -1,0 +1,355 @@
+//! `batch`: many changes in one request, one answer per op in order.
+//!
+//! - `atomic: false`: each op is applied as if it came alone (in the kernel and on disk before
+//!   the next); a refused op does not stop the others.
+//! - `atomic: true`: all or none. Every op is checked on a scratch copy of the model, in order
+//!   (each sees the ones before it); then the kernel work is done op by op, and undone in reverse
+//!   if any step is refused; then every record goes to disk in **one** journal entry (one
+//!   `fdatasync` for the whole batch: a crash before it leaves nothing acknowledged, replay sees
+//!   the entry whole or not at all); only then is the scratch model published. A kill -9 in the
+//!   middle leaves kernel objects that belong to no VXC in the state: the start's convergence
+//!   removes them as orphans.
+//!
+//! An atomic batch takes `key.put`, `vxc.put` and `vxc.delete`; a batch of any kind takes no
+//! `watch`, `sync`, `verify` or `batch`.
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::{Engine, EventKind, Record, VxcState};
+use crate::dataplane::VxcSpec;
+use crate::domain::{Change, ServiceKey, Vxc};
+use crate::protocol::{failure_value, Failure, Op};
+
+/// Most ops in one batch.
+pub const MAX_BATCH: usize = 10_000;
+
+/// One op of an atomic batch, checked: what it changes.
+// The steps of a batch live in one Vec for the length of the request: boxing the larger variant
+// would buy nothing but an allocation per op.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Key(Change<ServiceKey>),
+    Vxc {
+        change: Change<Vxc>,
+        key_after: Option<ServiceKey>,
+    },
+    Delete(Vxc),
+}
+
+/// Kernel work done, and how to take it back.
+enum Done {
+    Created(VxcSpec),
+    Reprogrammed {
+        old: VxcSpec,
+        new: VxcSpec,
+        moved: bool,
+    },
+    Removed(VxcSpec),
+}
+
+fn not_applied(index: usize, failed: usize) -> Value {
+    json!({"ok": false, "error": {"code": "not_applied", "message": format!(
+        "op {index} not applied: the atomic batch was refused at op {failed}")}})
+}
+
+impl Engine {
+    pub(super) async fn batch(
+        &mut self,
+        ops: Vec<Op>,
+        atomic: bool,
+        now: OffsetDateTime,
+    ) -> Result<Value, Failure> {
+        if ops.len() > MAX_BATCH {
+            return Err(Failure::new(
+                "bad_request",
+                format!(
+                    "a batch holds at most {MAX_BATCH} ops, this one {}",
+                    ops.len()
+                ),
+            ));
+        }
+        if let Some((i, op)) = ops.iter().enumerate().find(|(_, op)| {
+            matches!(
+                op,
+                Op::Watch { .. } | Op::Sync { .. } | Op::Verify { .. } | Op::Batch { .. }
+            ) || (atomic
+                && !matches!(
+                    op,
+                    Op::KeyPut { .. } | Op::VxcPut { .. } | Op::VxcDelete { .. }
+                ))
+        }) {
+            return Err(Failure::new(
+                "bad_request",
+                format!(
+                    "op {i} ({}) cannot be in a{} batch: a batch takes key.put, vxc.put and \
+                     vxc.delete{}",
+                    op.name(),
+                    if atomic { "n atomic" } else { "" },
+                    if atomic { "" } else { ", and reads" }
+                ),
+            )
+            .with("op_index", i));
+        }
+        if !atomic {
+            let mut results = Vec::with_capacity(ops.len());
+            for op in ops {
+                results.push(match Box::pin(self.dispatch(op)).await {
+                    Ok(result) => json!({"ok": true, "result": result}),
+                    Err(failure) => json!({"ok": false, "error": failure_value(&failure)}),
+                });
+            }
+            return Ok(json!({"atomic": false, "results": results}));
+        }
+        self.atomic_batch(&ops, now).await
+    }
+
+    async fn atomic_batch(&mut self, ops: &[Op], now: OffsetDateTime) -> Result<Value, Failure> {
+        let count = ops.len();
+        let refused = |at: usize, failure: &Failure| {
+            let results: Vec<Value> = (0..count)
+                .map(|i| {
+                    if i == at {
+                        json!({"ok": false, "error": failure_value(failure)})
+                    } else {
+                        not_applied(i, at)
+                    }
+                })
+                .collect();
+            Ok(json!({"atomic": true, "applied": false, "failed_op": at, "results": results}))
+        };
+        // 1. The rules, on a scratch model.
+        let state = self.published.load();
+        let mut scratch = (*state).clone();
+        drop(state);
+        let mut steps = Vec::with_capacity(count);
+        for (i, op) in ops.iter().enumerate() {
+            let step = match op {
+                Op::KeyPut { key } => scratch.model.plan_key(key).map(|change| {
+                    scratch.model.commit_key(change.clone());
+                    Step::Key(change)
+                }),
+                Op::VxcPut { vxc } => scratch.model.plan_vxc(vxc, now).map(|plan| {
+                    let step = Step::Vxc {
+                        change: plan.change.clone(),
+                        key_after: plan.key_after.clone(),
+                    };
+                    scratch.model.commit_vxc(plan);
+                    step
+                }),
+                Op::VxcDelete { id } => scratch.model.plan_delete_vxc(id).cloned().map(|vxc| {
+                    scratch.model.commit_delete_vxc(&vxc.id);
+                    Step::Delete(vxc)
+                }),
+                _ => return Err(Failure::internal("an atomic batch op outside its kinds")),
+            };
+            match step {
+                Ok(step) => steps.push(step),
+                Err(e) => return refused(i, &Failure::from(e)),
+            }
+        }
+        // 2. The kernel, op by op, undone in reverse on the first refusal.
+        let mut done: Vec<Done> = Vec::new();
+        let mut states: Vec<(crate::domain::VxcId, Option<VxcState>)> = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let outcome = match step {
+                Step::Key(_) => Ok(()),
+                Step::Vxc {
+                    change: Change::Unchanged(_),
+                    ..
+                } => Ok(()),
+                Step::Vxc {
+                    change: Change::Created(vxc),
+                    ..
+                } => match scratch.spec(vxc) {
+                    None => {
+                        states.push((vxc.id.clone(), Some(Self::unconfigured(vxc))));
+                        Ok(())
+                    }
+                    Some(spec) => match self.program(&spec).await {
+                        Ok(state) => {
+                            if state == VxcState::Up {
+                                done.push(Done::Created(spec));
+                            }
+                            states.push((vxc.id.clone(), Some(state)));
+                            Ok(())
+                        }
+                        Err(f) => Err(f),
+                    },
+                },
+                Step::Vxc {
+                    change: Change::Updated { before, after },
+                    ..
+                } => {
+                    let up = self.published.load().states.get(&after.id) == Some(&VxcState::Up);
+                    match (up, scratch.spec(before), scratch.spec(after)) {
+                        (true, Some(old), Some(new)) => {
+                            let moved = before.a_end.vlan != after.a_end.vlan;
+                            match self.reprogram(&old, &new, moved).await {
+                                Ok(()) => {
+                                    done.push(Done::Reprogrammed { old, new, moved });
+                                    Ok(())
+                                }
+                                Err(f) => Err(f),
+                            }
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                Step::Delete(vxc) => match scratch.spec(vxc) {
+                    None => {
+                        states.push((vxc.id.clone(), None));
+                        Ok(())
+                    }
+                    Some(spec) => match self.dataplane.remove(&spec).await {
+                        Ok(()) => {
+                            if self.published.load().states.get(&vxc.id) == Some(&VxcState::Up) {
+                                done.push(Done::Removed(spec));
+                            }
+                            states.push((vxc.id.clone(), None));
+                            Ok(())
+                        }
+                        Err(e) => Err(Failure::dataplane(e.to_string())),
+                    },
+                },
+            };
+            if let Err(failure) = outcome {
+                self.undo_batch(done).await;
+                return refused(i, &failure);
+            }
+        }
+        // 3. One journal entry for the whole batch.
+        let mut records = Vec::new();
+        for step in &steps {
+            match step {
+                Step::Key(Change::Unchanged(_)) => {}
+                Step::Key(change) => records.push(Record::Key {
+                    key: change.after().clone(),
+                }),
+                Step::Vxc {
+                    change: Change::Unchanged(_),
+                    ..
+                } => {}
+                Step::Vxc { change, key_after } => {
+                    if let Some(key) = key_after {
+                        records.push(Record::Key { key: key.clone() });
+                    }
+                    records.push(Record::Vxc {
+                        vxc: change.after().clone(),
+                    });
+                }
+                Step::Delete(vxc) => records.push(Record::VxcDeleted { id: vxc.id.clone() }),
+            }
+        }
+        if let Err(failure) = self.persist(&records) {
+            self.undo_batch(done).await;
+            return Err(failure);
+        }
+        // 4. Published: the scratch model is what was checked, programmed and written.
+        let model = scratch.model;
+        self.published.edit(|s| {
+            s.model = model;
+            for (id, state) in states {
+                match state {
+                    Some(state) => s.states.insert(id, state),
+                    None => s.states.remove(&id),
+                };
+            }
+        });
+        let state = self.published.load();
+        let mut results = Vec::with_capacity(count);
+        let mut events = Vec::new();
+        for step in &steps {
+            let result = match step {
+                Step::Key(change) => {
+                    if !matches!(change, Change::Unchanged(_)) {
+                        events.push(EventKind::KeyStored {
+                            key: change.after().id.to_string(),
+                        });
+                    }
+                    json!({"key": state.key_view(change.after(), now)})
+                }
+                Step::Vxc { change, key_after } => {
+                    let vxc = change.after();
+                    match change {
+                        Change::Created(_) => {
+                            events.push(EventKind::VxcCreated {
+                                vxc: vxc.id.to_string(),
+                            });
+                            if let Some(key) = key_after.as_ref().filter(|k| k.single_use) {
+                                events.push(EventKind::KeyUsed {
+                                    key: key.id.to_string(),
+                                    vxc: vxc.id.to_string(),
+                                });
+                            }
+                        }
+                        Change::Updated { .. } => events.push(EventKind::VxcUpdated {
+                            vxc: vxc.id.to_string(),
+                            changed: vec![],
+                        }),
+                        Change::Unchanged(_) => {}
+                    }
+                    json!({"vxc": state.vxc_view(vxc, None)})
+                }
+                Step::Delete(vxc) => {
+                    events.push(EventKind::VxcDeleted {
+                        vxc: vxc.id.to_string(),
+                    });
+                    json!({"deleted": vxc.id})
+                }
+            };
+            results.push(json!({"ok": true, "result": result}));
+        }
+        drop(state);
+        for step in &steps {
+            match step {
+                Step::Vxc { change, .. } if !matches!(change, Change::Unchanged(_)) => {
+                    self.inspect_changed(change.after())
+                }
+                Step::Delete(vxc) => self.inspect_changed(vxc),
+                _ => {}
+            }
+        }
+        for event in events {
+            self.events.emit(event);
+        }
+        log::info!(
+            "atomic batch of {count} ops applied ({} records, one write)",
+            records.len()
+        );
+        Ok(json!({"atomic": true, "applied": true, "results": results}))
+    }
+
+    /// Takes back the kernel work of an atomic batch, last first. What cannot be taken back is
+    /// left to the reconciler (the state does not hold it, so it is an orphan or drift).
+    async fn undo_batch(&self, done: Vec<Done>) {
+        for step in done.into_iter().rev() {
+            let (id, result) = match step {
+                Done::Created(spec) => (
+                    spec.id.clone(),
+                    self.dataplane
+                        .remove(&spec)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
+                Done::Reprogrammed { old, new, moved } => (
+                    new.id.clone(),
+                    self.reprogram(&new, &old, moved)
+                        .await
+                        .map_err(|f| f.message),
+                ),
+                Done::Removed(spec) => (
+                    spec.id.clone(),
+                    self.dataplane
+                        .apply(&spec)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                ),
+            };
+            if let Err(e) = result {
+                log::error!(vxc = id.as_str(); "undoing an atomic batch's step for VXC {id} failed, left to the reconciler: {e}");
+            }
+        }
+    }
+}

@@ -69,6 +69,8 @@ pub struct DaemonMetrics {
     pub reconcile_passes: Counter,
     pub reconcile_seconds: Histogram,
     pub drift_repairs: Counter,
+    /// Bursts of kernel events that were all vxcd's own, so ran no pass.
+    pub own_event_bursts: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub store_write_seconds: Histogram,
 }
@@ -81,6 +83,7 @@ pub fn daemon() -> &'static DaemonMetrics {
         // 1 ms .. about 65 s.
         reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
         drift_repairs: Counter::default(),
+        own_event_bursts: Counter::default(),
         requests: Family::default(),
         // 100 us .. about 3 s.
         store_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
@@ -116,6 +119,11 @@ pub async fn scrape(reader: &Reader) -> Result<String, String> {
         "drift_repairs",
         "Kernel objects repaired or orphans removed by the reconciler",
         d.drift_repairs.clone(),
+    );
+    registry.register(
+        "own_event_bursts",
+        "Bursts of kernel events that were all vxcd's own changes (no reconcile pass run)",
+        d.own_event_bursts.clone(),
     );
     registry.register(
         "requests",

@@ -475,6 +475,12 @@ pub struct StatusView {
     /// The last full-state `sync` generation applied (`null`: none yet).
     #[serde(default)]
     pub generation: Option<u64>,
+    /// Reconcile passes run since start (at start, periodic, on drift events).
+    #[serde(default)]
+    pub reconcile_passes: u64,
+    /// Bursts of kernel events that were all vxcd's own changes, so ran no pass.
+    #[serde(default)]
+    pub own_event_bursts: u64,
 }
 
 /// `status.store`: `ok` false while the store refuses writes (e.g. the disk is full); `error` says

@@ -1,7 +1,8 @@
 //! Keeps the kernel equal to the state while the daemon runs: a full check every
 //! `reconcile.interval_s`, and sooner when the kernel reports a link or tc change (a subinterface or
 //! shaper removed by hand, a port interface appearing or going away). Bursts of events are coalesced
-//! into one pass, so a storm of changes costs one O(state) pass per burst, not one per event.
+//! into one pass, so a storm of changes costs one O(state) pass per burst, not one per event; a
+//! burst of vxcd's own changes only (`dataplane/own.rs`) costs none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,13 @@ pub async fn run(
                 }
                 // Coalesce the burst this event belongs to.
                 let mut lost = is_lost(event.as_ref());
+                let mut foreign = event.as_ref().is_some_and(|e| !e.caused_by_vxcd);
                 loop {
                     match tokio::time::timeout(SETTLE, events.recv()).await {
-                        Ok(Some(e)) => lost |= is_lost(Some(&e)),
+                        Ok(Some(e)) => {
+                            lost |= is_lost(Some(&e));
+                            foreign |= !e.caused_by_vxcd;
+                        }
                         Ok(None) => { events_open = false; break; }
                         Err(_) => break,
                     }
@@ -59,6 +64,10 @@ pub async fn run(
                 if lost {
                     // Logged once per burst: the pass below is a full one, which is the resync.
                     log::warn!("the kernel dropped events (event socket overflow); full resync");
+                } else if !foreign {
+                    // Only vxcd's own changes (and the echoes of its reads): nothing drifted.
+                    crate::metrics::daemon().own_event_bursts.inc();
+                    continue;
                 }
             }
             _ = shutdown.changed() => return,

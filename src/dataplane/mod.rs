@@ -83,6 +83,7 @@
 
 mod nl;
 mod ops;
+mod own;
 mod plan;
 mod stats;
 pub mod tbf;

@@ -134,6 +134,11 @@ pub struct KernelEvent {
     pub ifindex: u32,
     /// The link name (link events only).
     pub name: Option<String>,
+    /// vxcd's own change, not drift (see `dataplane/own.rs`).
+    pub caused_by_vxcd: bool,
+    /// A link event's IPv6 address generation mode, when it carries one: vxcd sets `none` on
+    /// every link it manages, so any other mode is someone else's change.
+    pub addr_gen_mode: Option<u8>,
 }
 
 /// Kind of change in a [`KernelEvent`].
@@ -220,6 +225,8 @@ pub struct Dataplane {
     /// The port interfaces: kept free of the host's own IPv6 (no link-local address, so no ND,
     /// MLD or router solicitation leaves towards a customer) at every convergence.
     port_interfaces: Vec<String>,
+    /// The changes vxcd sent, to tell its own kernel events from drift.
+    own: Arc<super::own::OwnChanges>,
 }
 
 pub(super) fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
@@ -475,12 +482,22 @@ impl Dataplane {
             .map_err(|e| DataplaneError::Connection(format!("opening rtnetlink socket: {e}")))?;
         // Done messages carry NLM_F_DUMP_INTR too; the dump helper needs to see them.
         conn.set_forward_done(true);
+        // Bound now, so that its port id is known: tc events carry the id of the socket whose
+        // request caused them, which tells vxcd's own changes from others'.
+        let own = Arc::new(super::own::OwnChanges::default());
+        if let Ok(addr) = {
+            use netlink_sys::AsyncSocket;
+            conn.socket_mut().socket_mut().bind_auto()
+        } {
+            own.set_port_id(addr.port_number());
+        }
         tokio::spawn(conn);
         Ok(Self {
             handle,
             cfg,
             dump_lock: Arc::new(tokio::sync::Mutex::new(())),
             port_interfaces: Vec::new(),
+            own,
         })
     }
 
@@ -503,6 +520,16 @@ impl Dataplane {
     }
 
     async fn ack(&self, payload: RouteNetlinkMessage, flags: u16) -> Result<(), ReqError> {
+        // Noted before it is sent: its event may be read before the answer.
+        match &payload {
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::SetLink(l) => {
+                self.own.note_link(l.header.index, link_name(l), false)
+            }
+            RouteNetlinkMessage::DelLink(l) => {
+                self.own.note_link(l.header.index, link_name(l), true)
+            }
+            _ => {}
+        }
         nl::ack(&self.handle, payload, flags).await
     }
 
@@ -1831,18 +1858,25 @@ impl Dataplane {
         }
         tokio::spawn(conn);
         let (tx, rx) = mpsc::channel(4096);
+        let own = self.own.clone();
         tokio::spawn(async move {
             // The handle keeps the connection task alive as long as events are wanted.
             let _handle = handle;
             while let Some((msg, _)) = messages.next().await {
+                let port_id = msg.header.port_number;
                 let event = match msg.payload {
-                    NetlinkPayload::InnerMessage(inner) => to_event(inner),
+                    NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {
+                        e.caused_by_vxcd = own.caused(&e, port_id);
+                        e
+                    }),
                     // netlink-proto turns ENOBUFS into an overrun message; the socket goes on.
                     NetlinkPayload::Overrun(_) => Some(KernelEvent {
                         object: KernelObject::EventsLost,
                         change: EventChange::Changed,
                         ifindex: 0,
                         name: None,
+                        caused_by_vxcd: false,
+                        addr_gen_mode: None,
                     }),
                     _ => None,
                 };
@@ -1855,6 +1889,13 @@ impl Dataplane {
         });
         Ok(rx)
     }
+}
+
+fn link_name(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
 }
 
 /// Whether a VXC is right in `obs`; errors for what makes it impossible.
@@ -1927,12 +1968,16 @@ fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
         }),
+        caused_by_vxcd: false,
+        addr_gen_mode: parse_link(l.clone()).and_then(|o| o.addr_gen_mode),
     };
     let tc_event = |t: &TcMessage, object: KernelObject, change: EventChange| KernelEvent {
         object,
         change,
         ifindex: t.header.index as u32,
         name: None,
+        caused_by_vxcd: false,
+        addr_gen_mode: None,
     };
     Some(match &msg {
         // A link's registration is announced with every flag marked changed.

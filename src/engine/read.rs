@@ -296,6 +296,8 @@ impl ReadState {
             inspector: self.inspector_status(),
             store: self.store.clone(),
             generation: self.generation,
+            reconcile_passes: crate::metrics::daemon().reconcile_passes.get(),
+            own_event_bursts: crate::metrics::daemon().own_event_bursts.get(),
         }
     }
 

@@ -51,10 +51,16 @@ pub async fn run(
                 // Coalesce the burst this event belongs to.
                 let mut lost = is_lost(event.as_ref());
                 let mut foreign = event.as_ref().is_some_and(|e| !e.caused_by_vxcd);
+                if let Some(e) = event.as_ref().filter(|e| !e.caused_by_vxcd) {
+                    log::debug!("kernel event not of vxcd's making: {e:?}");
+                }
                 loop {
                     match tokio::time::timeout(SETTLE, events.recv()).await {
                         Ok(Some(e)) => {
                             lost |= is_lost(Some(&e));
+                            if !e.caused_by_vxcd && !foreign {
+                                log::debug!("kernel event not of vxcd's making: {e:?}");
+                            }
                             foreign |= !e.caused_by_vxcd;
                         }
                         Ok(None) => { events_open = false; break; }

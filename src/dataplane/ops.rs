@@ -520,17 +520,38 @@ impl Dataplane {
     }
 
     async fn ack(&self, payload: RouteNetlinkMessage, flags: u16) -> Result<(), ReqError> {
-        // Noted before it is sent: its event may be read before the answer.
-        match &payload {
-            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::SetLink(l) => {
-                self.own.note_link(l.header.index, link_name(l), false)
-            }
+        // Noted before it is sent (its event may be read before the answer) and again once it
+        // is answered (a slow request does not eat the window). A new subinterface changes its
+        // parent too (the port joins its promiscuity and upper list): the parent is noted with it.
+        let noted: Option<(u32, Option<String>, bool, Option<u32>)> = match &payload {
+            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::SetLink(l) => Some((
+                l.header.index,
+                link_name(l).map(str::to_owned),
+                false,
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::Link(parent) => Some(*parent),
+                    _ => None,
+                }),
+            )),
             RouteNetlinkMessage::DelLink(l) => {
-                self.own.note_link(l.header.index, link_name(l), true)
+                Some((l.header.index, link_name(l).map(str::to_owned), true, None))
             }
-            _ => {}
+            _ => None,
+        };
+        let note = |n: &(u32, Option<String>, bool, Option<u32>)| {
+            self.own.note_link(n.0, n.1.as_deref(), n.2);
+            if let Some(parent) = n.3 {
+                self.own.note_link(parent, None, false);
+            }
+        };
+        if let Some(n) = &noted {
+            note(n);
         }
-        nl::ack(&self.handle, payload, flags).await
+        let answer = nl::ack(&self.handle, payload, flags).await;
+        if let Some(n) = &noted {
+            note(n);
+        }
+        answer
     }
 
     /// Reads the kernel: one link dump, one qdisc dump, and filter dumps of the ingress

@@ -886,7 +886,9 @@ pub fn boot(mode: GuestMode, interactive: bool) -> Result<VmRun, String> {
         text
     });
 
-    let timeout = Duration::from_secs(env_secs("VXCD_LAB_TIMEOUT_SECS", 240));
+    // A hang limit for the whole VM, not a timing assertion: lab_daemon's scenarios take about
+    // 300 s of guest time under TCG (the atomic batch of 500 alone about 100 s).
+    let timeout = Duration::from_secs(env_secs("VXCD_LAB_TIMEOUT_SECS", 600));
     let verbose = std::env::var("VXCD_LAB_VERBOSE").is_ok_and(|v| v == "1");
     let mut log = fs::File::create(&console_log).ok();
     let mut console = Vec::new();

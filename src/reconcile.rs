@@ -2,7 +2,7 @@
 //! `reconcile.interval_s`, and sooner when the kernel reports a link or tc change (a subinterface or
 //! shaper removed by hand, a port interface appearing or going away). Bursts of events are coalesced
 //! into one pass, so a storm of changes costs one O(state) pass per burst, not one per event; a
-//! burst of vxcd's own changes only (`dataplane/own.rs`) costs none.
+//! burst of vxcd's own tc events only (`dataplane/own.rs`) costs none.
 
 use std::sync::Arc;
 use std::time::Duration;

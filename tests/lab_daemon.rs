@@ -856,50 +856,6 @@ lab::lab_tests! {
         assert!(snapshot_seq(&dir) >= written + 60, "compactions during the bursts");
     }
 
-    /// Issue 9: a burst of puts causes no reconcile pass of its own making (its events are
-    /// classified as vxcd's own: `status.own_event_bursts` moves, `reconcile_passes` does not),
-    /// and a subinterface deleted by hand in the middle of another burst is still repaired.
-    fn a_burst_of_puts_runs_no_pass_of_its_own_and_drift_during_it_is_repaired() {
-        use std::io::{BufRead, Write};
-        let topo = Topology::new();
-        let vxcd = Vxcd::start(&topo.edge, PORTS, "[reconcile]\ninterval_s = 3600\n");
-        vxcd.ok(multi_use_key("key-m", "prov"));
-        let count = |field: &str| vxcd.status()[field].as_u64().unwrap_or_else(|| panic!("status.{field}"));
-        let mut stream = std::os::unix::net::UnixStream::connect(&vxcd.socket).expect("connect");
-        stream.set_read_timeout(Some(LIMIT)).expect("timeout");
-        let mut answers = std::io::BufReader::new(stream.try_clone().expect("clone")).lines();
-        let mut burst = |first: u16, n: u16, drift_at: Option<usize>| {
-            let mut lines = String::new();
-            for i in first..first + n {
-                lines.push_str(&format!("{}\n", vxc_put(&format!("burst-{i}"), "key-m", AEnd::Vlan(100 + i), 10)));
-            }
-            stream.write_all(lines.as_bytes()).expect("sending the burst");
-            for i in 0..usize::from(n) {
-                let answer: Value = serde_json::from_str(&answers.next().expect("answer").expect("read")).expect("json");
-                assert_eq!(answer["ok"], json!(true), "{answer}");
-                if Some(i) == drift_at {
-                    topo.edge.ip("link del cust0.100");
-                }
-            }
-        };
-
-        let (passes, own) = (count("reconcile_passes"), count("own_event_bursts"));
-        burst(0, 30, None);
-        // The burst's events are judged once it has settled: wait for either verdict.
-        wait_until(LIMIT, "the burst's events to be judged", || {
-            count("own_event_bursts") > own || count("reconcile_passes") > passes
-        });
-        assert_eq!(count("reconcile_passes"), passes,
-            "the burst of puts ran a pass of its own making\n{}", vxcd.log());
-
-        let repairs = count("drift_repairs");
-        burst(30, 30, Some(10));
-        wait_until(LIMIT, "cust0.100 repaired", || topo.edge.link("cust0.100").is_some());
-        wait_until(LIMIT, "the repair counted", || count("drift_repairs") > repairs);
-        assert!(count("reconcile_passes") > passes);
-        assert_eq!(vxcd.vxcs().len(), 60);
-    }
-
     /// Issue 9, `batch` with `atomic: true`: when its 500th op is refused by the kernel (a
     /// foreign link holds that end's name), nothing of the first 499 stays in the kernel or the
     /// state; a kill -9 in the middle of another atomic batch leaves nothing acknowledged, and

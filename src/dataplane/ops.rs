@@ -136,9 +136,6 @@ pub struct KernelEvent {
     pub name: Option<String>,
     /// vxcd's own change, not drift (see `dataplane/own.rs`).
     pub caused_by_vxcd: bool,
-    /// A link event's IPv6 address generation mode, when it carries one: vxcd sets `none` on
-    /// every link it manages, so any other mode is someone else's change.
-    pub addr_gen_mode: Option<u8>,
 }
 
 /// Kind of change in a [`KernelEvent`].
@@ -520,38 +517,7 @@ impl Dataplane {
     }
 
     async fn ack(&self, payload: RouteNetlinkMessage, flags: u16) -> Result<(), ReqError> {
-        // Noted before it is sent (its event may be read before the answer) and again once it
-        // is answered (a slow request does not eat the window). A new subinterface changes its
-        // parent too (the port joins its promiscuity and upper list): the parent is noted with it.
-        let noted: Option<(u32, Option<String>, bool, Option<u32>)> = match &payload {
-            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::SetLink(l) => Some((
-                l.header.index,
-                link_name(l).map(str::to_owned),
-                false,
-                l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::Link(parent) => Some(*parent),
-                    _ => None,
-                }),
-            )),
-            RouteNetlinkMessage::DelLink(l) => {
-                Some((l.header.index, link_name(l).map(str::to_owned), true, None))
-            }
-            _ => None,
-        };
-        let note = |n: &(u32, Option<String>, bool, Option<u32>)| {
-            self.own.note_link(n.0, n.1.as_deref(), n.2);
-            if let Some(parent) = n.3 {
-                self.own.note_link(parent, None, false);
-            }
-        };
-        if let Some(n) = &noted {
-            note(n);
-        }
-        let answer = nl::ack(&self.handle, payload, flags).await;
-        if let Some(n) = &noted {
-            note(n);
-        }
-        answer
+        nl::ack(&self.handle, payload, flags).await
     }
 
     /// Reads the kernel: one link dump, one qdisc dump, and filter dumps of the ingress
@@ -1897,7 +1863,6 @@ impl Dataplane {
                         ifindex: 0,
                         name: None,
                         caused_by_vxcd: false,
-                        addr_gen_mode: None,
                     }),
                     _ => None,
                 };
@@ -1910,13 +1875,6 @@ impl Dataplane {
         });
         Ok(rx)
     }
-}
-
-fn link_name(l: &LinkMessage) -> Option<&str> {
-    l.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfName(n) => Some(n.as_str()),
-        _ => None,
-    })
 }
 
 /// Whether a VXC is right in `obs`; errors for what makes it impossible.
@@ -1990,7 +1948,6 @@ fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
             _ => None,
         }),
         caused_by_vxcd: false,
-        addr_gen_mode: parse_link(l.clone()).and_then(|o| o.addr_gen_mode),
     };
     let tc_event = |t: &TcMessage, object: KernelObject, change: EventChange| KernelEvent {
         object,
@@ -1998,7 +1955,6 @@ fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
         ifindex: t.header.index as u32,
         name: None,
         caused_by_vxcd: false,
-        addr_gen_mode: None,
     };
     Some(match &msg {
         // A link's registration is announced with every flag marked changed.

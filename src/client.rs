@@ -392,6 +392,7 @@ impl KeyPutArgs {
             valid_from: self.valid_from,
             valid_until: self.valid_until,
             active: !self.inactive,
+            host: self.host.clone(),
         })
     }
 }
@@ -417,9 +418,11 @@ impl VxcArgs {
                 port: a_port.clone(),
                 vlan: self.a_vlan.map(i64::from),
                 untagged: self.untagged,
+                host: self.a_host.clone(),
             },
             service_level_ref: self.service_level_ref.clone(),
             shutdown: self.shutdown,
+            vni: self.vni.map(i64::from),
         })
     }
 }
@@ -864,9 +867,11 @@ pub fn with_shutdown(view: &Value, shutdown: bool) -> Result<VxcRequest, String>
             port: v.a_end.port,
             vlan: v.a_end.vlan.map(i64::from),
             untagged: v.a_end.untagged.unwrap_or(false),
+            host: v.a_end.host,
         },
         service_level_ref: v.service_level_ref,
         shutdown,
+        vni: v.vni.map(i64::from),
     })
 }
 
@@ -1133,6 +1138,7 @@ mod tests {
             valid_from: Some(parse_rfc3339("2026-01-01T00:00:00+10:00").unwrap()),
             valid_until: None,
             inactive: true,
+            host: Some("10.99.0.2".into()),
         }
         .request()
         .unwrap();
@@ -1147,6 +1153,8 @@ mod tests {
             untagged: true,
             service_level_ref: Some("cc".into()),
             shutdown: false,
+            a_host: None,
+            vni: Some(17),
         }
         .request()
         .unwrap();
@@ -1303,6 +1311,7 @@ mod tests {
             vlan: Some(200),
             untagged: None,
             interface: Some("eth1.200".into()),
+            host: None,
         };
         assert_eq!(end_text(&end), "syd-1/200 (eth1.200)");
         let end = EndView {

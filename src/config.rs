@@ -31,8 +31,39 @@ pub struct Config {
     pub inspector: InspectorSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[core]`: this host's place on the VXLAN core; absent: only VXCs between its own ports.
+    #[serde(default)]
+    pub core: Option<CoreSection>,
     #[serde(default, rename = "port")]
     pub ports: Vec<PortConfig>,
+}
+
+/// `[core]`: the VXLAN core between edge hosts.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreSection {
+    /// This host's VTEP address (IPv4 or IPv6): the source of its tunnels, and the address its
+    /// peers name as `host`.
+    pub address: String,
+    /// UDP destination port of the tunnels.
+    #[serde(default = "default_udp_port")]
+    pub udp_port: u16,
+    /// The uplink towards the core: the tunnels are bound to it and take its MTU less the
+    /// encapsulation (50 bytes over IPv4, 70 over IPv6).
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+fn default_udp_port() -> u16 {
+    4789
+}
+
+/// The validated `[core]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Core {
+    pub address: std::net::IpAddr,
+    pub udp_port: u16,
+    pub interface: Option<String>,
 }
 
 /// `[metrics]`: the Prometheus endpoint, off unless `listen` is set.
@@ -303,6 +334,32 @@ impl Config {
         if config.reconcile.interval_s == 0 {
             return Err(fail("key reconcile.interval_s: must be at least 1".into()));
         }
+        if let Some(core) = &config.core {
+            let address: std::net::IpAddr = core.address.parse().map_err(|_| {
+                fail(format!(
+                    "key core.address: {:?} is not an IPv4 or IPv6 address",
+                    core.address
+                ))
+            })?;
+            if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
+                return Err(fail(format!(
+                    "key core.address: {address} is not a unicast address a peer can reach"
+                )));
+            }
+            if core.udp_port == 0 {
+                return Err(fail("key core.udp_port: must be 1 to 65535".into()));
+            }
+            if let Some(interface) = &core.interface {
+                check_ifname(interface)
+                    .map_err(|why| fail(format!("key core.interface: {why}")))?;
+                if interfaces.contains(interface) {
+                    return Err(fail(format!(
+                        "key core.interface: {interface} is a port's interface; the uplink \
+                         carries no customer"
+                    )));
+                }
+            }
+        }
         if let Some(listen) = &config.metrics.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
                 return Err(fail(format!(
@@ -311,6 +368,16 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The validated `[core]`; `None` without one.
+    pub fn core(&self) -> Option<Core> {
+        let core = self.core.as_ref()?;
+        Some(Core {
+            address: core.address.parse().ok()?,
+            udp_port: core.udp_port,
+            interface: core.interface.clone(),
+        })
     }
 
     /// Where `/metrics` is served; `None`: off.

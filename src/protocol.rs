@@ -377,6 +377,9 @@ pub struct KeyView {
     pub valid_until: Option<String>,
     pub active: bool,
     pub used_by: Vec<String>,
+    /// The peer edge host holding the key's port; null: this host.
+    #[serde(default)]
+    pub host: Option<String>,
     pub redeemable: bool,
     /// The error code a redemption would get now, or null.
     pub reason: Option<String>,
@@ -389,8 +392,11 @@ pub struct EndView {
     pub vlan: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub untagged: Option<bool>,
-    /// The kernel interface that carries this end.
+    /// The kernel interface that carries this end (for an end on a peer: the tunnel device).
     pub interface: Option<String>,
+    /// The peer edge host holding this end; null: this host.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 /// A VXC as answered.
@@ -413,6 +419,9 @@ pub struct VxcView {
     /// As put: true while the VXC is shut down.
     #[serde(default)]
     pub shutdown: bool,
+    /// The VXLAN network identifier carrying it to the peer; null for a VXC of this host alone.
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 /// `vxc.stats`: one VXC's ends with the kernel's counters, read at `read_at`.
@@ -481,6 +490,24 @@ pub struct StatusView {
     /// Bursts of kernel events that were all vxcd's own changes, so ran no pass.
     #[serde(default)]
     pub own_event_bursts: u64,
+    /// This host's place on the VXLAN core; null without `[core]`.
+    #[serde(default)]
+    pub core: Option<CoreView>,
+}
+
+/// `status.core`: the VXLAN core as this host uses it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CoreView {
+    pub address: String,
+    pub udp_port: u16,
+    /// The uplink (`[core] interface`), null when not configured.
+    pub interface: Option<String>,
+    /// The uplink's MTU as last read; null when unknown.
+    pub interface_mtu: Option<u32>,
+    /// VXCs with an end on a peer (one tunnel device each).
+    pub tunnels: usize,
+    /// Ports whose customers' full-size frames cannot cross the core, each a sentence.
+    pub mtu_warnings: Vec<String>,
 }
 
 /// `status.store`: `ok` false while the store refuses writes (e.g. the disk is full); `error` says

@@ -600,11 +600,13 @@ fn verify_probes_are_not_customer_traffic() {
             port: "port-e1".into(),
             interface: "e1".into(),
             vlan: None,
+            tunnel: None,
         },
         b: EndSpec {
             port: "port-e2".into(),
             interface: "e2".into(),
             vlan: None,
+            tunnel: None,
         },
         shutdown: false,
     };

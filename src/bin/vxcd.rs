@@ -232,6 +232,9 @@ async fn reload(
     if config.metrics.listen != started.metrics.listen {
         restart_only.push("metrics.listen");
     }
+    if config.core() != started.core() {
+        restart_only.push("[core]");
+    }
     let ports = config.ports();
     let applied = control.engine.lock().await.reconfigure(
         &ports,
@@ -327,6 +330,7 @@ async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), Stri
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
     engine.set_compact_every(config.state.compact_every);
     engine.restore_generation(generation);
+    engine.set_core(config.core());
     status(&format!(
         "converging {vxcs} VXCs on {} ports with the kernel",
         ports.len()

@@ -125,7 +125,7 @@ pub struct KeyPutArgs {
     /// standard input
     #[arg(long, value_name = "PATH", conflicts_with_all = [
         "key", "port", "max_speed", "single_use", "vlan", "description", "valid_from",
-        "valid_until", "inactive",
+        "valid_until", "inactive", "host",
     ])]
     pub file: Option<PathBuf>,
     /// Service key id
@@ -155,6 +155,10 @@ pub struct KeyPutArgs {
     /// Store the key switched off (it cannot be redeemed until put again without --inactive)
     #[arg(long)]
     pub inactive: bool,
+    /// The port is on a peer edge host: that host's core address (the copy of a key held by the
+    /// redeemer's host)
+    #[arg(long, value_name = "ADDRESS")]
+    pub host: Option<String>,
 }
 
 /// `vxc put` and `vxc plan`: a VXC from flags or from a file holding the protocol's vxc object.
@@ -165,7 +169,7 @@ pub struct VxcArgs {
     /// standard input
     #[arg(long, value_name = "PATH", conflicts_with_all = [
         "id", "name", "key", "rate", "a_port", "a_vlan", "untagged", "service_level_ref",
-        "shutdown",
+        "shutdown", "a_host", "vni",
     ])]
     pub file: Option<PathBuf>,
     /// VXC id
@@ -195,4 +199,11 @@ pub struct VxcArgs {
     /// Shut the VXC down: kept with its VLANs, but no frame crosses (omitted: carry frames)
     #[arg(long)]
     pub shutdown: bool,
+    /// The A-End port is on a peer edge host: that host's core address (needs --a-vlan or
+    /// --untagged, and --vni)
+    #[arg(long, value_name = "ADDRESS")]
+    pub a_host: Option<String>,
+    /// VXLAN network identifier carrying a VXC with an end on a peer (1..=16777215)
+    #[arg(long, value_name = "VNI")]
+    pub vni: Option<u32>,
 }

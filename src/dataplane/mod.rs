@@ -89,6 +89,7 @@ mod stats;
 pub mod tbf;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 pub use nl::Errno;
 pub use ops::{
@@ -113,10 +114,45 @@ pub const DEFAULT_OWNER_GROUP: u32 = 0x7863;
 pub struct EndSpec {
     /// The port's name (for messages).
     pub port: String,
-    /// The port's kernel interface (the parent of a tagged end).
+    /// The port's kernel interface (the parent of a tagged end); for a tunnel end, the VXLAN
+    /// device vxcd makes ([`tunnel_interface_name`]).
     pub interface: String,
-    /// `None`: untagged, the port interface itself is the end.
+    /// `None`: untagged, the port interface itself is the end (always `None` for a tunnel).
     pub vlan: Option<u16>,
+    /// `Some`: the end is on a peer edge host, reached through a VXLAN device of its own.
+    pub tunnel: Option<TunnelSpec>,
+}
+
+/// The VXLAN device carrying a VXC to the peer holding its other end: unicast to `remote`, no
+/// learning, no flooding, IPv6 address generation off, unshaped (the peer shapes what leaves
+/// towards its customer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    pub vni: u32,
+    /// This host's core (VTEP) address.
+    pub local: IpAddr,
+    /// The peer's core address.
+    pub remote: IpAddr,
+    /// UDP destination port.
+    pub udp_port: u16,
+    /// The uplink towards the core (`[core] interface`): the tunnel is bound to it and its MTU
+    /// is the uplink's less the encapsulation. `None`: the kernel's route decides, MTU default.
+    pub uplink: Option<String>,
+}
+
+impl TunnelSpec {
+    /// Bytes VXLAN adds to each frame: outer Ethernet 14 + IP (20 or 40) + UDP 8 + VXLAN 8.
+    pub fn overhead(&self) -> u32 {
+        match self.local {
+            IpAddr::V4(_) => 50,
+            IpAddr::V6(_) => 70,
+        }
+    }
+}
+
+/// The VXLAN device of a VNI: `vxc{vni}` (at most 11 characters).
+pub fn tunnel_interface_name(vni: u32) -> String {
+    format!("vxc{vni}")
 }
 
 /// A VXC: two ends joined by a pipe, shaped at `rate_mbps` in both directions.
@@ -293,6 +329,21 @@ pub struct ObservedLink {
     pub alias: Option<String>,
     /// IPv6 `addr_gen_mode` (1 = none) if reported.
     pub addr_gen_mode: Option<u8>,
+    /// Decoded when `kind == "vxlan"`.
+    pub vxlan: Option<ObservedVxlan>,
+}
+
+/// A VXLAN device's settings as read from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedVxlan {
+    pub vni: Option<u32>,
+    pub local: Option<IpAddr>,
+    /// The unicast remote (`IFLA_VXLAN_GROUP` holds it when it is not multicast).
+    pub remote: Option<IpAddr>,
+    pub udp_port: Option<u16>,
+    pub learning: Option<bool>,
+    /// `IFLA_VXLAN_LINK`: the uplink it is bound to.
+    pub link: Option<u32>,
 }
 
 impl ObservedLink {

@@ -9,8 +9,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
@@ -24,12 +24,14 @@ use tokio::sync::mpsc;
 
 use super::nl::{self, Errno, ReqError};
 use super::plan::{
-    self, end_label, link_claimable, spec_problem, Discrepancy, Orphan, Plan, VxcStatus,
+    self, end_label, link_claimable, spec_problem, tunnel_claimable, tunnel_fixed_fields,
+    Discrepancy, Orphan, Plan, VxcStatus,
 };
 use super::tbf::{self, TbfParams};
 use super::{
     end_interface_name, owner_alias, DataplaneConfig, DataplaneError, IngressFilters, Observed,
-    ObservedLink, PipeFilter, RootQdisc, Side, VxcSpec, PIPE_FILTER_PRIO, TBF_HANDLE_MAJOR,
+    ObservedLink, ObservedVxlan, PipeFilter, RootQdisc, Side, TunnelSpec, VxcSpec,
+    PIPE_FILTER_PRIO, TBF_HANDLE_MAJOR,
 };
 
 const TC_H_ROOT: u32 = 0xffff_ffff;
@@ -339,6 +341,7 @@ fn parse_link(msg: LinkMessage) -> Option<ObservedLink> {
         group: 0,
         alias: None,
         addr_gen_mode: None,
+        vxlan: None,
     };
     for attr in msg.attributes {
         match attr {
@@ -357,6 +360,7 @@ fn parse_link(msg: LinkMessage) -> Option<ObservedLink> {
                                 _ => None,
                             })
                         }
+                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(parse_vxlan(&v)),
                         _ => {}
                     }
                 }
@@ -376,6 +380,48 @@ fn parse_link(msg: LinkMessage) -> Option<ObservedLink> {
         }
     }
     (!link.name.is_empty()).then_some(link)
+}
+
+fn parse_vxlan(attrs: &[InfoVxlan]) -> ObservedVxlan {
+    let mut out = ObservedVxlan::default();
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(id) => out.vni = Some(*id),
+            InfoVxlan::Local(ip) => out.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => out.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Group(ip) => out.remote = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Group6(ip) => out.remote = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Port(p) => out.udp_port = Some(*p),
+            InfoVxlan::Learning(l) => out.learning = Some(*l),
+            InfoVxlan::Link(l) if *l != 0 => out.link = Some(*l),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `IFLA_INFO_DATA` of vxcd's VXLAN device for a tunnel.
+fn vxlan_attrs(t: &TunnelSpec, uplink: Option<u32>) -> Vec<InfoVxlan> {
+    let mut attrs = vec![InfoVxlan::Id(t.vni)];
+    attrs.push(match t.local {
+        IpAddr::V4(ip) => InfoVxlan::Local(ip),
+        IpAddr::V6(ip) => InfoVxlan::Local6(ip),
+    });
+    attrs.push(match t.remote {
+        IpAddr::V4(ip) => InfoVxlan::Group(ip),
+        IpAddr::V6(ip) => InfoVxlan::Group6(ip),
+    });
+    attrs.extend([
+        InfoVxlan::Port(t.udp_port),
+        InfoVxlan::Learning(false),
+        InfoVxlan::Proxy(false),
+        InfoVxlan::L2Miss(false),
+        InfoVxlan::L3Miss(false),
+    ]);
+    if let Some(link) = uplink {
+        attrs.push(InfoVxlan::Link(link));
+    }
+    attrs
 }
 
 /// Raw bytes of TCA_OPTIONS of a kind netlink-packet-route does not know (parsed as one
@@ -576,10 +622,14 @@ impl Dataplane {
         let mut names: Vec<String> = Vec::with_capacity(4);
         for side in [Side::A, Side::B] {
             let end = vxc.end(side);
+            let uplink = end.tunnel.as_ref().and_then(|t| t.uplink.clone());
             for name in [
                 end.interface.clone(),
                 end_interface_name(&end.interface, end.vlan),
-            ] {
+            ]
+            .into_iter()
+            .chain(uplink)
+            {
                 // A name the kernel cannot hold names no link (the spec is reported invalid).
                 if !name.is_empty() && name.len() <= 15 && !names.contains(&name) {
                     names.push(name);
@@ -649,6 +699,11 @@ impl Dataplane {
             ingress,
             filters,
         ))
+    }
+
+    /// The MTU of the link of that name; `None` when there is none.
+    pub async fn link_mtu(&self, name: &str) -> Result<Option<u32>, DataplaneError> {
+        Ok(self.read_link_named(name).await?.map(|l| l.mtu))
     }
 
     /// Whether a link of that name exists: one request, whatever else the host holds.
@@ -855,7 +910,10 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let mut ends = Vec::with_capacity(2);
         for side in [Side::A, Side::B] {
-            ends.push(self.ensure_end(vxc, side, obs, j).await?);
+            ends.push(match &vxc.end(side).tunnel {
+                Some(t) => self.ensure_tunnel(vxc, side, t, obs, j).await?,
+                None => self.ensure_end(vxc, side, obs, j).await?,
+            });
         }
         if vxc.shutdown {
             return self.unjoin(vxc, &ends, obs, j).await;
@@ -1085,6 +1143,224 @@ impl Dataplane {
             .await?;
         }
         Ok((index, fresh))
+    }
+
+    /// Makes a tunnel end's VXLAN device and its ingress qdisc right; returns its ifindex and
+    /// whether it was just made. Settings the kernel cannot change in place (VNI, addresses,
+    /// port, learning, uplink) make it again; the MTU, alias and IPv6 mode are fixed in place.
+    async fn ensure_tunnel(
+        &self,
+        vxc: &VxcSpec,
+        side: Side,
+        t: &TunnelSpec,
+        obs: &Observed,
+        j: &mut Journal,
+    ) -> Result<(u32, bool), DataplaneError> {
+        let end = vxc.end(side);
+        let label = end_label(vxc, side);
+        let name = end.interface.as_str();
+        let uplink = match &t.uplink {
+            None => None,
+            Some(u) => Some(
+                obs.link_by_name(u)
+                    .ok_or_else(|| DataplaneError::PortMissing {
+                        port: "core".into(),
+                        interface: u.clone(),
+                    })?,
+            ),
+        };
+        let mtu = uplink.map(|u| u.mtu.saturating_sub(t.overhead()));
+        let group = self.cfg.owner_group;
+        let (index, fresh) = match obs.link_by_name(name) {
+            Some(l) if !tunnel_claimable(l, group) => {
+                return Err(DataplaneError::Foreign {
+                    object: format!("link {name}"),
+                    detail: format!(
+                        "group {}, alias {:?}; wanted for {label}",
+                        l.group,
+                        l.alias.as_deref().unwrap_or("")
+                    ),
+                })
+            }
+            Some(l) if tunnel_fixed_fields(t, l, obs).is_empty() => {
+                self.fix_tunnel_attrs(vxc, side, l, mtu, &label, j).await?;
+                (l.index, false)
+            }
+            Some(l) => {
+                let fields: Vec<String> = tunnel_fixed_fields(t, l, obs)
+                    .into_iter()
+                    .map(|(f, want, got)| format!("{f} {got} -> {want}"))
+                    .collect();
+                self.delete_link(l.index, &l.name).await?;
+                j.record(
+                    format!("link {name} ({})", fields.join(", ")),
+                    ObjectChange::Deleted,
+                    None,
+                );
+                let index = self
+                    .create_tunnel(vxc, side, t, uplink, mtu, &label, j)
+                    .await?;
+                (index, true)
+            }
+            None => {
+                let index = self
+                    .create_tunnel(vxc, side, t, uplink, mtu, &label, j)
+                    .await?;
+                (index, true)
+            }
+        };
+        if fresh || !obs.ingress.contains(&index) {
+            let msg = tc_msg(
+                index,
+                INGRESS_HANDLE,
+                TC_H_INGRESS,
+                0,
+                vec![TcAttribute::Kind("ingress".into())],
+            );
+            self.create_tc_object(
+                RouteNetlinkMessage::NewQueueDiscipline(msg),
+                format!("ingress qdisc on {name}"),
+                Undo::DeleteIngress {
+                    index,
+                    name: name.to_string(),
+                },
+                j,
+            )
+            .await?;
+        }
+        Ok((index, fresh))
+    }
+
+    /// Fixes the MTU, alias, IPv6 mode and flags of an existing owned tunnel device.
+    async fn fix_tunnel_attrs(
+        &self,
+        vxc: &VxcSpec,
+        side: Side,
+        l: &ObservedLink,
+        mtu: Option<u32>,
+        label: &str,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        let alias = owner_alias(&vxc.id, side);
+        let mut msg = link_msg(l.index);
+        let mut fields = vec![];
+        if let Some(mtu) = mtu.filter(|m| *m != l.mtu) {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            fields.push(format!("mtu {mtu}"));
+        }
+        if l.alias.as_deref() != Some(alias.as_str()) {
+            msg.attributes.push(LinkAttribute::IfAlias(alias));
+            fields.push("alias".into());
+        }
+        if l.addr_gen_mode
+            .is_some_and(|m| m != plan::ADDR_GEN_MODE_NONE)
+        {
+            msg.attributes
+                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+                )]));
+            fields.push("IPv6 addr_gen_mode none".into());
+        }
+        if !fields.is_empty() {
+            self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+                .await
+                .map_err(|e| kernel_err("fixing", label, e))?;
+            j.record(
+                format!("link {label}"),
+                ObjectChange::Changed(fields),
+                Some(Undo::RestoreLink {
+                    index: l.index,
+                    name: l.name.clone(),
+                    mtu: l.mtu,
+                    group: l.group,
+                    alias: l.alias.clone(),
+                }),
+            );
+        }
+        if !l.up || !l.promisc {
+            self.ack(
+                RouteNetlinkMessage::SetLink(flags_msg(l.index, true, true)),
+                0,
+            )
+            .await
+            .map_err(|e| kernel_err("setting up on", label, e))?;
+            j.record(
+                format!("link {label}"),
+                ObjectChange::Changed(vec!["state up".into()]),
+                Some(Undo::RestoreFlags {
+                    index: l.index,
+                    name: l.name.clone(),
+                    up: l.up,
+                    promisc: l.promisc,
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a tunnel end's VXLAN device, marks it (alias, IPv6 off) and sets it up.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_tunnel(
+        &self,
+        vxc: &VxcSpec,
+        side: Side,
+        t: &TunnelSpec,
+        uplink: Option<&ObservedLink>,
+        mtu: Option<u32>,
+        label: &str,
+        j: &mut Journal,
+    ) -> Result<u32, DataplaneError> {
+        let name = vxc.end(side).interface.clone();
+        let mut msg = LinkMessage::default();
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.clone()),
+            LinkAttribute::Group(self.cfg.owner_group),
+        ];
+        if let Some(mtu) = mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vxlan_attrs(t, uplink.map(|u| u.index)))),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .await
+            .map_err(|e| kernel_err("creating", label, e))?;
+        let index = match self.read_link_named(&name).await? {
+            Some(l) => l.index,
+            None => {
+                return Err(DataplaneError::Kernel {
+                    action: "reading back".into(),
+                    object: label.into(),
+                    errno: Errno(ENODEV),
+                })
+            }
+        };
+        j.record(
+            format!("link {label}"),
+            ObjectChange::Created,
+            Some(Undo::DeleteLink {
+                index,
+                name: name.clone(),
+            }),
+        );
+        let mut mark = link_msg(index);
+        mark.attributes = vec![
+            LinkAttribute::IfAlias(owner_alias(&vxc.id, side)),
+            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+                In6AddrGenMode::None,
+            )])]),
+        ];
+        self.ack(RouteNetlinkMessage::SetLink(mark), 0)
+            .await
+            .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
+        self.ack(
+            RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
+            0,
+        )
+        .await
+        .map_err(|e| kernel_err("setting up on", label, e))?;
+        Ok(index)
     }
 
     /// Deletes an owned link that holds the end's VLAN on its parent under another name
@@ -1631,6 +1907,17 @@ impl Dataplane {
         let obs = self.observe_vxc(vxc).await?;
         for &side in sides {
             let end = vxc.end(side);
+            if end.tunnel.is_some() {
+                // The tunnel device is vxcd's own: its qdiscs and filters go with it.
+                if let Some(l) = obs.link_by_name(&end.interface) {
+                    if tunnel_claimable(l, self.cfg.owner_group) {
+                        self.delete_link(l.index, &l.name).await?;
+                    } else {
+                        log::warn!("not removing link {}: not owned by vxcd", l.name);
+                    }
+                }
+                continue;
+            }
             let Some(parent) = obs.link_by_name(&end.interface) else {
                 continue;
             };

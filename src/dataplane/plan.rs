@@ -4,7 +4,10 @@ use std::collections::HashSet;
 use std::fmt;
 
 use super::tbf::{burst_matches, TbfParams};
-use super::{end_interface_name, owner_alias, Observed, ObservedLink, Side, VxcSpec};
+use super::{
+    end_interface_name, owner_alias, tunnel_interface_name, Observed, ObservedLink, Side,
+    TunnelSpec, VxcSpec,
+};
 
 /// `addr_gen_mode none` (IN6_ADDR_GEN_MODE_NONE).
 pub const ADDR_GEN_MODE_NONE: u8 = 1;
@@ -130,6 +133,25 @@ pub(crate) fn spec_problem(vxc: &VxcSpec) -> Option<String> {
                 return Some(format!("end {}: VLAN {v} outside 1..=4094", side.as_str()));
             }
         }
+        if let Some(t) = &end.tunnel {
+            if end.vlan.is_some() || end.interface != tunnel_interface_name(t.vni) {
+                return Some(format!(
+                    "end {}: a tunnel end is the untagged device {}",
+                    side.as_str(),
+                    tunnel_interface_name(t.vni)
+                ));
+            }
+            if t.local == t.remote {
+                return Some(format!(
+                    "end {}: the tunnel's remote {} is this host's own core address",
+                    side.as_str(),
+                    t.remote
+                ));
+            }
+        }
+    }
+    if vxc.a.tunnel.is_some() && vxc.b.tunnel.is_some() {
+        return Some("both ends are tunnels: nothing of it is on this host".into());
     }
     let a = end_interface_name(&vxc.a.interface, vxc.a.vlan);
     let b = end_interface_name(&vxc.b.interface, vxc.b.vlan);
@@ -142,6 +164,12 @@ pub(crate) fn spec_problem(vxc: &VxcSpec) -> Option<String> {
 /// Human name of an end interface for messages: "eth1.200 (VLAN 200 on eth1)".
 pub(crate) fn end_label(vxc: &VxcSpec, side: Side) -> String {
     let end = vxc.end(side);
+    if let Some(t) = &end.tunnel {
+        return format!(
+            "{} (VXLAN VNI {} to port {} on peer {})",
+            end.interface, t.vni, end.port, t.remote
+        );
+    }
     match end.vlan {
         Some(v) => format!(
             "{} (VLAN {v} on {})",
@@ -161,6 +189,139 @@ pub(crate) fn link_claimable(l: &ObservedLink, owner_group: u32, parent: u32, vl
             && l.kind.as_deref() == Some("vlan")
             && l.parent == Some(parent)
             && l.vlan_id == Some(vlan))
+}
+
+/// Whether a link with a tunnel's name may be treated as vxcd's: fully marked, or a half-made
+/// one (owner group, no alias, a VXLAN device).
+pub(crate) fn tunnel_claimable(l: &ObservedLink, owner_group: u32) -> bool {
+    l.is_owned(owner_group)
+        || (l.group == owner_group && l.alias.is_none() && l.kind.as_deref() == Some("vxlan"))
+}
+
+/// The MTU a tunnel device should have: the uplink's less the encapsulation; `None` without an
+/// uplink (or while it is not read): the kernel's default, not checked.
+pub(crate) fn tunnel_mtu(t: &TunnelSpec, obs: &Observed) -> Option<u32> {
+    let uplink = obs.link_by_name(t.uplink.as_deref()?)?;
+    Some(uplink.mtu.saturating_sub(t.overhead()))
+}
+
+/// The fields of a VXLAN device that cannot change in place (the device is made again), as
+/// (field, expected, observed) for each that differs.
+pub(crate) fn tunnel_fixed_fields(
+    t: &TunnelSpec,
+    l: &ObservedLink,
+    obs: &Observed,
+) -> Vec<(&'static str, String, String)> {
+    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    let mut out = Vec::new();
+    if l.kind.as_deref() != Some("vxlan") {
+        out.push(("kind", "vxlan".into(), show(l.kind.clone())));
+        return out;
+    }
+    let x = l.vxlan.clone().unwrap_or_default();
+    if x.vni != Some(t.vni) {
+        out.push(("VNI", t.vni.to_string(), show(x.vni.map(|v| v.to_string()))));
+    }
+    if x.local != Some(t.local) {
+        out.push((
+            "local",
+            t.local.to_string(),
+            show(x.local.map(|v| v.to_string())),
+        ));
+    }
+    if x.remote != Some(t.remote) {
+        out.push((
+            "remote",
+            t.remote.to_string(),
+            show(x.remote.map(|v| v.to_string())),
+        ));
+    }
+    if x.udp_port != Some(t.udp_port) {
+        out.push((
+            "UDP port",
+            t.udp_port.to_string(),
+            show(x.udp_port.map(|v| v.to_string())),
+        ));
+    }
+    if x.learning != Some(false) {
+        out.push((
+            "learning",
+            "off".into(),
+            show(
+                x.learning
+                    .map(|v| if v { "on".into() } else { "off".into() }),
+            ),
+        ));
+    }
+    if let Some(uplink) = t.uplink.as_deref().and_then(|u| obs.link_by_name(u)) {
+        if x.link != Some(uplink.index) {
+            out.push((
+                "uplink",
+                uplink.name.clone(),
+                show(x.link.map(|i| obs.name_of(i))),
+            ));
+        }
+    }
+    out
+}
+
+/// The checks of a tunnel end's device; the device when it is vxcd's.
+fn tunnel_discrepancies<'a>(
+    out: &mut Vec<Discrepancy>,
+    vxc: &VxcSpec,
+    side: Side,
+    t: &TunnelSpec,
+    obs: &'a Observed,
+) -> Option<&'a ObservedLink> {
+    let end = vxc.end(side);
+    let label = end_label(vxc, side);
+    let group = obs.config.owner_group;
+    let Some(l) = obs.link_by_name(&end.interface) else {
+        out.push(Discrepancy::Missing {
+            object: format!("link {label}"),
+        });
+        return None;
+    };
+    if !tunnel_claimable(l, group) {
+        out.push(Discrepancy::Foreign {
+            object: format!("link {}", end.interface),
+            detail: format!(
+                "group {}, alias {:?}",
+                l.group,
+                l.alias.as_deref().unwrap_or("")
+            ),
+        });
+        return None;
+    }
+    let object = format!("link {label}");
+    for (field, expected, observed) in tunnel_fixed_fields(t, l, obs) {
+        differs(out, &object, field, expected, observed);
+    }
+    if let Some(mtu) = tunnel_mtu(t, obs) {
+        if l.mtu != mtu {
+            differs(out, &object, "mtu", mtu, l.mtu);
+        }
+    }
+    let alias = owner_alias(&vxc.id, side);
+    if l.alias.as_deref() != Some(alias.as_str()) {
+        differs(
+            out,
+            &object,
+            "alias",
+            &alias,
+            l.alias.as_deref().unwrap_or("none"),
+        );
+    }
+    if l.addr_gen_mode.is_some_and(|m| m != ADDR_GEN_MODE_NONE) {
+        differs(
+            out,
+            &object,
+            "IPv6 addr_gen_mode",
+            "none",
+            l.addr_gen_mode.unwrap_or_default(),
+        );
+    }
+    Some(l)
 }
 
 fn differs(
@@ -227,6 +388,23 @@ fn vxc_discrepancies(vxc: &VxcSpec, obs: &Observed) -> Vec<Discrepancy> {
     for (i, side) in [Side::A, Side::B].into_iter().enumerate() {
         let end = vxc.end(side);
         let label = end_label(vxc, side);
+        if let Some(t) = &end.tunnel {
+            // Unshaped: the peer shapes what leaves towards its customer.
+            let Some(link) = tunnel_discrepancies(&mut out, vxc, side, t, obs) else {
+                continue;
+            };
+            let object = format!("link {label}");
+            if !link.up {
+                differs(&mut out, &object, "state", "up", "down");
+            }
+            end_index[i] = Some(link.index);
+            if !obs.ingress.contains(&link.index) {
+                out.push(Discrepancy::Missing {
+                    object: format!("ingress qdisc on {}", end.interface),
+                });
+            }
+            continue;
+        }
         let Some(parent) = obs.link_by_name(&end.interface) else {
             continue;
         };
@@ -417,10 +595,14 @@ pub(crate) fn vxc_status(vxc: &VxcSpec, obs: &Observed) -> VxcStatus {
     if let Some(reason) = spec_problem(vxc) {
         return VxcStatus::Invalid(reason);
     }
+    // A tunnel's own device is made by vxcd; the uplink it rides on is the host's.
     let missing: Vec<(String, String)> = [&vxc.a, &vxc.b]
         .into_iter()
-        .filter(|e| obs.link_by_name(&e.interface).is_none())
-        .map(|e| (e.port.clone(), e.interface.clone()))
+        .filter_map(|e| match &e.tunnel {
+            None => Some((e.port.clone(), e.interface.clone())),
+            Some(t) => t.uplink.clone().map(|u| ("core".to_string(), u)),
+        })
+        .filter(|(_, interface)| obs.link_by_name(interface).is_none())
         .collect();
     if !missing.is_empty() {
         return VxcStatus::Pending { missing };
@@ -437,6 +619,14 @@ pub(crate) fn vxc_status(vxc: &VxcSpec, obs: &Observed) -> VxcStatus {
 /// alias): in the owner group, no alias, and named exactly as vxcd names that VLAN on its parent.
 /// A link of a desired VXC is adopted by `apply`; any other is an orphan.
 fn half_made(l: &ObservedLink, obs: &Observed) -> bool {
+    if l.kind.as_deref() == Some("vxlan") {
+        return l.group == obs.config.owner_group
+            && l.alias.is_none()
+            && l.vxlan
+                .as_ref()
+                .and_then(|x| x.vni)
+                .is_some_and(|vni| tunnel_interface_name(vni) == l.name);
+    }
     let (Some(parent), Some(vlan)) = (l.parent, l.vlan_id) else {
         return false;
     };
@@ -547,6 +737,7 @@ mod tests {
             group,
             alias: None,
             addr_gen_mode: None,
+            vxlan: None,
         }
     }
 

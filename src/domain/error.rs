@@ -3,7 +3,9 @@
 
 use time::OffsetDateTime;
 
-use super::{KeyId, PortName, Vlan, VxcId};
+use std::net::IpAddr;
+
+use super::{KeyId, PortName, Vlan, Vni, VxcId};
 
 /// Who holds a VLAN on a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +107,13 @@ pub enum RuleError {
         u32::MAX
     )]
     RateInvalid { field: &'static str, value: i64 },
+    #[error("VNI {vni} is in use by VXC {vxc}; a VNI carries one VXC")]
+    VniInUse { vni: Vni, vxc: VxcId },
+    #[error(
+        "A-End of VXC {vxc} is on peer {host}, which assigns its VLAN: state the vlan it \
+         assigned, or untagged: true"
+    )]
+    RemoteVlanRequired { vxc: VxcId, host: IpAddr },
     #[error(
         "rate {rate_mbps} Mbps exceeds the {max_speed_mbps} Mbps maximum of service key {key}"
     )]
@@ -136,6 +145,8 @@ impl RuleError {
             RuleError::PortNotEmpty { .. } => "port_not_empty",
             RuleError::RateInvalid { .. } => "rate_invalid",
             RuleError::RateExceedsKey { .. } => "rate_exceeds_key",
+            RuleError::VniInUse { .. } => "vni_in_use",
+            RuleError::RemoteVlanRequired { .. } => "vlan_required",
         }
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod ids;
 mod model;
 mod vlan;
+mod vni;
 
 pub use error::{Holder, RuleError};
 pub use ids::{KeyId, PortName, VxcId, MAX_ID_LEN};
@@ -14,6 +15,7 @@ pub use model::{
     VxcRequest, MAX_TEXT_LEN,
 };
 pub use vlan::{Vlan, VlanSet, VLAN_MAX, VLAN_MIN};
+pub use vni::{Vni, VNI_MAX};
 
 #[cfg(test)]
 mod tests;

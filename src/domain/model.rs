@@ -4,11 +4,12 @@
 //! file between the two, so a refused or failed request leaves the model exactly as it was.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::{Holder, KeyId, PortName, RuleError, Vlan, VlanSet, VxcId};
+use super::{Holder, KeyId, PortName, RuleError, Vlan, VlanSet, Vni, VxcId};
 
 /// Longest description, name and service level reference.
 pub const MAX_TEXT_LEN: usize = 255;
@@ -33,6 +34,10 @@ pub struct ServiceKey {
     /// The VXC that used up a single-use key; stays set after that VXC is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redeemed_by: Option<VxcId>,
+    /// The core address of the peer edge host whose port this is; `None`: a port of this host.
+    /// A remote key's port is not checked here and reserves no VLAN here (the peer does both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
 }
 
 /// `key.put`'s argument, as sent. Numbers are wide so that out-of-range values reach the rule that
@@ -55,6 +60,9 @@ pub struct KeyRequest {
     pub valid_until: Option<OffsetDateTime>,
     #[serde(default = "default_active")]
     pub active: bool,
+    /// The peer edge host's core address when the port is on a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 fn default_active() -> bool {
@@ -93,14 +101,32 @@ fn wide_int_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D
 pub struct AEnd {
     pub port: PortName,
     pub vlan: Option<Vlan>,
+    /// The peer edge host holding this end; `None`: this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
 }
 
-/// The B-End of a stored VXC: always tagged, on the key's port.
+/// The B-End of a stored VXC, on the key's port: always tagged. On a peer (`host`), its VLAN is
+/// the peer's to assign: known here only from a single-use key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BEnd {
     pub port: PortName,
-    pub vlan: Vlan,
+    pub vlan: Option<Vlan>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<IpAddr>,
+}
+
+impl AEnd {
+    pub fn is_local(&self) -> bool {
+        self.host.is_none()
+    }
+}
+
+impl BEnd {
+    pub fn is_local(&self) -> bool {
+        self.host.is_none()
+    }
 }
 
 /// A stored VXC with its effective ends.
@@ -121,6 +147,17 @@ pub struct Vxc {
     /// only when true, so a journal of a VXC never shut reads the same as before the field.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shutdown: bool,
+    /// The VXLAN network identifier carrying it between the two edge hosts; set exactly when one
+    /// end is on a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<Vni>,
+}
+
+impl Vxc {
+    /// The peer edge host of a VXC with an end there.
+    pub fn peer(&self) -> Option<IpAddr> {
+        self.a_end.host.or(self.b_end.host)
+    }
 }
 
 /// `vxc.put`'s argument, as sent.
@@ -139,6 +176,13 @@ pub struct VxcRequest {
     /// default, so a put that omits it brings a shut VXC back): carry frames.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shutdown: bool,
+    /// VXLAN network identifier, 1..=16777215: required when one end is on a peer.
+    #[serde(
+        default,
+        deserialize_with = "wide_int_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub vni: Option<i64>,
 }
 
 /// The A-End as asked for: a port, and a VLAN (omitted: assign one) or `untagged: true`.
@@ -150,6 +194,9 @@ pub struct AEndRequest {
     pub vlan: Option<i64>,
     #[serde(default)]
     pub untagged: bool,
+    /// The peer edge host's core address when the A-End is on a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// What a put would do.
@@ -180,6 +227,12 @@ impl<T> Change<T> {
 pub struct VxcPlan {
     pub change: Change<Vxc>,
     pub key_after: Option<ServiceKey>,
+}
+
+/// What a new VXC asks of the core: the A-End's peer (if the A-End is there) and the VNI.
+struct Tunnel {
+    a_host: Option<IpAddr>,
+    vni: Option<Vni>,
 }
 
 /// One port's VLAN and VXC bookkeeping.
@@ -214,6 +267,10 @@ pub struct Model {
     vxcs: BTreeMap<VxcId, Vxc>,
     /// Live VXCs built from each key.
     key_users: HashMap<KeyId, BTreeSet<VxcId>>,
+    /// This host's core (VTEP) address; `None`: no `[core]`, so no end may be on a peer.
+    core: Option<IpAddr>,
+    /// The VXC each VNI carries.
+    vnis: HashMap<Vni, VxcId>,
 }
 
 fn text(field: &str, value: &str, min: usize) -> Result<(), RuleError> {
@@ -241,7 +298,52 @@ fn vlan_in_range(what: &str, raw: i64) -> Result<Vlan, RuleError> {
     })
 }
 
+fn vni_in_range(raw: i64) -> Result<Vni, RuleError> {
+    Vni::new(raw).ok_or_else(|| {
+        RuleError::BadRequest(format!("vni {raw} is outside 1..={}", super::VNI_MAX))
+    })
+}
+
 impl Model {
+    /// The same model on a host whose core address is `core` (`None`: no `[core]`).
+    pub fn with_core(mut self, core: Option<IpAddr>) -> Self {
+        self.core = core;
+        self
+    }
+
+    pub fn set_core(&mut self, core: Option<IpAddr>) {
+        self.core = core;
+    }
+
+    pub fn core(&self) -> Option<IpAddr> {
+        self.core
+    }
+
+    /// Parses a `host` field: a peer edge host's core address. Refused on a host without
+    /// `[core]`, for this host's own address, and for addresses no host has.
+    fn peer_host(&self, field: &str, raw: Option<&str>) -> Result<Option<IpAddr>, RuleError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let host: IpAddr = raw.parse().map_err(|_| {
+            RuleError::BadRequest(format!("{field} {raw:?} is not an IPv4 or IPv6 address"))
+        })?;
+        if host.is_unspecified() || host.is_multicast() || host.is_loopback() {
+            return Err(RuleError::BadRequest(format!(
+                "{field} {host} is not the unicast core address of an edge host"
+            )));
+        }
+        match self.core {
+            None => Err(RuleError::BadRequest(format!(
+                "{field} {host}: this host has no [core] address configured, so it takes no \
+                 ends on peers"
+            ))),
+            Some(own) if own == host => Err(RuleError::BadRequest(format!(
+                "{field} {host} is this host's own core address; leave host out for a port of \
+                 this host"
+            ))),
+            Some(_) => Ok(Some(host)),
+        }
+    }
+
     /// An empty model with the configured ports.
     pub fn new(ports: impl IntoIterator<Item = PortName>) -> Self {
         let ports = ports
@@ -275,9 +377,12 @@ impl Model {
             if model.keys.contains_key(&key.id) {
                 return Err(format!("service key {} appears twice in the state", key.id));
             }
-            model.port_mut(&key.port);
-            if let (true, Some(vlan), None) = (key.single_use, key.vlan, &key.redeemed_by) {
-                model.claim(&key.port, vlan, Holder::Key(key.id.clone()))?;
+            // A peer's port is the peer's: nothing of it is kept here.
+            if key.host.is_none() {
+                model.port_mut(&key.port);
+                if let (true, Some(vlan), None) = (key.single_use, key.vlan, &key.redeemed_by) {
+                    model.claim(&key.port, vlan, Holder::Key(key.id.clone()))?;
+                }
             }
             model.keys.insert(key.id.clone(), key);
         }
@@ -291,8 +396,21 @@ impl Model {
                     vxc.id, vxc.service_key
                 ));
             }
+            if let Some(vni) = vxc.vni {
+                if let Some(other) = model.vnis.get(&vni) {
+                    return Err(format!(
+                        "VNI {vni} is claimed twice: VXCs {other} and {}",
+                        vxc.id
+                    ));
+                }
+            }
+            if !vxc.a_end.is_local() && !vxc.b_end.is_local() {
+                return Err(format!("VXC {} has both ends on peers", vxc.id));
+            }
             // An untagged VXC takes its whole port: no other VXC may have an end there.
-            for port in [&vxc.a_end.port, &vxc.b_end.port] {
+            let a_local = vxc.a_end.is_local().then_some(&vxc.a_end.port);
+            let b_local = vxc.b_end.is_local().then_some(&vxc.b_end.port);
+            for port in a_local.into_iter().chain(b_local) {
                 if let Some(other) = model.port_mut(port).untagged.clone() {
                     return Err(format!(
                         "VXC {} has an end on port {port}, which untagged VXC {other} takes whole",
@@ -300,15 +418,25 @@ impl Model {
                     ));
                 }
             }
-            if let Some(vlan) = vxc.a_end.vlan {
-                model.claim(&vxc.a_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
-            } else if let Some(other) = model.port_mut(&vxc.a_end.port).vxcs.first().cloned() {
-                return Err(format!(
-                    "untagged VXC {} would take port {}, where VXC {other} has an end",
-                    vxc.id, vxc.a_end.port
-                ));
+            if vxc.a_end.is_local() {
+                if let Some(vlan) = vxc.a_end.vlan {
+                    model.claim(&vxc.a_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
+                } else if let Some(other) = model.port_mut(&vxc.a_end.port).vxcs.first().cloned() {
+                    return Err(format!(
+                        "untagged VXC {} would take port {}, where VXC {other} has an end",
+                        vxc.id, vxc.a_end.port
+                    ));
+                }
             }
-            model.claim(&vxc.b_end.port, vxc.b_end.vlan, Holder::Vxc(vxc.id.clone()))?;
+            if vxc.b_end.is_local() {
+                let Some(vlan) = vxc.b_end.vlan else {
+                    return Err(format!(
+                        "VXC {} has a B-End on this host without a VLAN",
+                        vxc.id
+                    ));
+                };
+                model.claim(&vxc.b_end.port, vlan, Holder::Vxc(vxc.id.clone()))?;
+            }
             model.index_vxc(&vxc);
             model.vxcs.insert(vxc.id.clone(), vxc);
         }
@@ -331,14 +459,22 @@ impl Model {
         Ok(())
     }
 
-    /// Records a VXC's port memberships and key use; its VLANs are claimed by the caller.
+    /// Records a VXC's port memberships (ends on this host only), VNI and key use; its VLANs
+    /// are claimed by the caller.
     fn index_vxc(&mut self, vxc: &Vxc) {
-        let a = self.port_mut(&vxc.a_end.port);
-        a.vxcs.insert(vxc.id.clone());
-        if vxc.a_end.vlan.is_none() {
-            a.untagged = Some(vxc.id.clone());
+        if vxc.a_end.is_local() {
+            let a = self.port_mut(&vxc.a_end.port);
+            a.vxcs.insert(vxc.id.clone());
+            if vxc.a_end.vlan.is_none() {
+                a.untagged = Some(vxc.id.clone());
+            }
         }
-        self.port_mut(&vxc.b_end.port).vxcs.insert(vxc.id.clone());
+        if vxc.b_end.is_local() {
+            self.port_mut(&vxc.b_end.port).vxcs.insert(vxc.id.clone());
+        }
+        if let Some(vni) = vxc.vni {
+            self.vnis.insert(vni, vxc.id.clone());
+        }
         self.key_users
             .entry(vxc.service_key.clone())
             .or_default()
@@ -439,6 +575,16 @@ impl Model {
                 by: by.clone(),
             });
         }
+        if let Some(host) = key.host {
+            // The peer checks its port; this host must still be able to reach it.
+            return self.core.is_none().then(|| {
+                RuleError::BadRequest(format!(
+                    "service key {} is on peer {host}, and this host has no [core] address \
+                     configured",
+                    key.id
+                ))
+            });
+        }
         // Redeeming builds a B-End on the key's port, which must still be configured here.
         if !self.ports.get(&key.port).is_some_and(|s| s.configured) {
             return Some(RuleError::UnknownPort {
@@ -454,6 +600,7 @@ impl Model {
         let port = PortName::parse("port", &req.port)?;
         text("description", &req.description, 0)?;
         let max_speed_mbps = rate("max_speed_mbps", req.max_speed_mbps)?;
+        let host = self.peer_host("host", req.host.as_deref())?;
         let vlan = match (req.single_use, req.vlan) {
             (true, None) => return Err(RuleError::VlanRequired { key: id }),
             (true, Some(raw)) => Some(vlan_in_range("B-End vlan", raw)?),
@@ -483,6 +630,7 @@ impl Model {
             valid_until: req.valid_until,
             active: req.active,
             redeemed_by: None,
+            host,
         };
         if let Some(existing) = self.keys.get(&id) {
             let object = format!("service key {id}");
@@ -495,6 +643,7 @@ impl Model {
                 ),
                 ("vlan", existing.vlan != wanted.vlan),
                 ("description", existing.description != wanted.description),
+                ("host", existing.host != wanted.host),
             ];
             if let Some((field, _)) = immutable.into_iter().find(|(_, differs)| *differs) {
                 return Err(RuleError::ImmutableField { object, field });
@@ -511,6 +660,10 @@ impl Model {
                     after,
                 }
             });
+        }
+        if wanted.host.is_some() {
+            // The port and its VLANs are the peer's to check.
+            return Ok(Change::Created(wanted));
         }
         let (port, state) = self.configured_port("port", &req.port)?;
         self.untagged_busy(&port)?;
@@ -532,7 +685,7 @@ impl Model {
         match change {
             Change::Unchanged(_) => {}
             Change::Created(key) => {
-                if let (true, Some(vlan)) = (key.single_use, key.vlan) {
+                if let (true, Some(vlan), None) = (key.single_use, key.vlan, key.host) {
                     let state = self.port_mut(&key.port);
                     state.taken.insert(vlan);
                     state.holders.insert(vlan, Holder::Key(key.id.clone()));
@@ -555,6 +708,8 @@ impl Model {
         }
         let key_id = KeyId::parse("service_key", &req.service_key)?;
         let a_port = PortName::parse("a_end.port", &req.a_end.port)?;
+        let a_host = self.peer_host("a_end.host", req.a_end.host.as_deref())?;
+        let vni = req.vni.map(vni_in_range).transpose()?;
         let rate_mbps = rate("rate_mbps", req.rate_mbps)?;
         let a_vlan = match (req.a_end.untagged, req.a_end.vlan) {
             (true, Some(raw)) => {
@@ -567,27 +722,40 @@ impl Model {
             (false, None) => None,
         };
         match self.vxcs.get(&id) {
-            Some(existing) => {
-                self.plan_vxc_update(existing, req, &key_id, &a_port, a_vlan, rate_mbps)
+            Some(existing) => self.plan_vxc_update(
+                existing,
+                req,
+                &key_id,
+                (&a_port, a_host),
+                a_vlan,
+                vni,
+                rate_mbps,
+            ),
+            None => {
+                let tunnel = Tunnel { a_host, vni };
+                self.plan_vxc_create(id, req, key_id, a_vlan, tunnel, rate_mbps, now)
             }
-            None => self.plan_vxc_create(id, req, key_id, a_vlan, rate_mbps, now),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_vxc_update(
         &self,
         existing: &Vxc,
         req: &VxcRequest,
         key_id: &KeyId,
-        a_port: &PortName,
+        (a_port, a_host): (&PortName, Option<IpAddr>),
         a_vlan: Option<Vlan>,
+        vni: Option<Vni>,
         rate_mbps: u32,
     ) -> Result<VxcPlan, RuleError> {
         let untagged_now = existing.a_end.vlan.is_none();
         let immutable = [
             ("service_key", &existing.service_key != key_id),
             ("a_end.port", &existing.a_end.port != a_port),
+            ("a_end.host", existing.a_end.host != a_host),
             ("a_end.untagged", untagged_now != req.a_end.untagged),
+            ("vni", existing.vni != vni),
         ];
         if let Some((field, _)) = immutable.into_iter().find(|(_, differs)| *differs) {
             return Err(RuleError::ImmutableField {
@@ -600,6 +768,10 @@ impl Model {
         // assigned), under the rules of a new one: free on the port, or refused naming the
         // holder and the next free VLAN.
         let a_end_vlan = match (existing.a_end.vlan, a_vlan) {
+            (Some(now), Some(wanted)) if wanted != now && !existing.a_end.is_local() => {
+                // A peer's VLAN: the peer checked it.
+                Some(wanted)
+            }
             (Some(now), Some(wanted)) if wanted != now => {
                 let state = self.ports.get(a_port);
                 if let (Some(state), Some(holder)) =
@@ -624,6 +796,7 @@ impl Model {
             a_end: AEnd {
                 port: existing.a_end.port.clone(),
                 vlan: a_end_vlan,
+                host: existing.a_end.host,
             },
             ..existing.clone()
         };
@@ -659,78 +832,92 @@ impl Model {
         Ok(key)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_vxc_create(
         &self,
         id: VxcId,
         req: &VxcRequest,
         key_id: KeyId,
         a_vlan: Option<Vlan>,
+        tunnel: Tunnel,
         rate_mbps: u32,
         now: OffsetDateTime,
     ) -> Result<VxcPlan, RuleError> {
-        let (a_port, a_state) = self.configured_port("a_end.port", &req.a_end.port)?;
+        let a_local = tunnel.a_host.is_none();
+        let (a_port, a_state) = if a_local {
+            let (port, state) = self.configured_port("a_end.port", &req.a_end.port)?;
+            (port, Some(state))
+        } else {
+            (PortName::parse("a_end.port", &req.a_end.port)?, None)
+        };
         let key = self
             .keys
             .get(&key_id)
             .ok_or_else(|| RuleError::UnknownKey {
                 key: key_id.to_string(),
             })?;
+        self.check_tunnel(&id, &a_port, &tunnel, key)?;
         if let Some(refusal) = self.key_refusal(key, now) {
             return Err(refusal);
         }
-        self.untagged_busy(&a_port)?;
         let untagged = req.a_end.untagged;
-        if untagged {
-            if !a_state.vxcs.is_empty() {
-                return Err(RuleError::PortNotEmpty {
-                    port: a_port,
-                    vxcs: a_state.vxcs.iter().cloned().collect(),
-                });
-            }
-            if a_port == key.port {
-                return Err(RuleError::VlanInvalid(format!(
-                    "A-End port {a_port} is also the B-End port of service key {key_id}: an \
-                     untagged A-End cannot share its port with a tagged B-End"
-                )));
+        if let Some(a_state) = a_state {
+            self.untagged_busy(&a_port)?;
+            if untagged {
+                if !a_state.vxcs.is_empty() {
+                    return Err(RuleError::PortNotEmpty {
+                        port: a_port,
+                        vxcs: a_state.vxcs.iter().cloned().collect(),
+                    });
+                }
+                if a_port == key.port && key.host.is_none() {
+                    return Err(RuleError::VlanInvalid(format!(
+                        "A-End port {a_port} is also the B-End port of service key {key_id}: an \
+                         untagged A-End cannot share its port with a tagged B-End"
+                    )));
+                }
             }
         }
         self.check_rate_within_key(&key_id, rate_mbps)?;
 
-        let a_end_vlan = match (untagged, a_vlan) {
-            (true, _) => None,
-            (false, Some(vlan)) => match a_state.holders.get(&vlan) {
-                Some(holder) => {
-                    return Err(RuleError::VlanInUse {
-                        port: a_port,
-                        vlan,
-                        held_by: holder.clone(),
-                        next_available: a_state.taken.next_available(vlan),
-                    })
-                }
-                None => Some(vlan),
-            },
-            (false, None) => {
-                Some(
-                    a_state
-                        .taken
-                        .first_free()
-                        .ok_or_else(|| RuleError::NoFreeVlan {
-                            port: a_port.clone(),
-                        })?,
-                )
-            }
-        };
+        if let (Some(host), false, None) = (tunnel.a_host, untagged, a_vlan) {
+            return Err(RuleError::RemoteVlanRequired { vxc: id, host });
+        }
+        let a_end_vlan =
+            match (untagged, a_vlan, a_state) {
+                (true, _, _) => None,
+                // A peer's VLAN: the peer assigned and checked it.
+                (false, vlan, None) => vlan,
+                (false, Some(vlan), Some(a_state)) => match a_state.holders.get(&vlan) {
+                    Some(holder) => {
+                        return Err(RuleError::VlanInUse {
+                            port: a_port,
+                            vlan,
+                            held_by: holder.clone(),
+                            next_available: a_state.taken.next_available(vlan),
+                        })
+                    }
+                    None => Some(vlan),
+                },
+                (false, None, Some(a_state)) => Some(a_state.taken.first_free().ok_or_else(
+                    || RuleError::NoFreeVlan {
+                        port: a_port.clone(),
+                    },
+                )?),
+            };
         let b_vlan = match key.vlan {
-            Some(reserved) if key.single_use => reserved,
+            Some(reserved) if key.single_use => Some(reserved),
+            // A multi-use key's VLAN on a peer's port is the peer's to assign.
+            _ if key.host.is_some() => None,
             _ => {
                 let b_state = self.ports.get(&key.port);
                 let mut taken = b_state.map(|s| s.taken.clone()).unwrap_or_default();
-                if let (true, Some(a)) = (a_port == key.port, a_end_vlan) {
+                if let (true, true, Some(a)) = (a_local, a_port == key.port, a_end_vlan) {
                     taken.insert(a);
                 }
-                taken.first_free().ok_or_else(|| RuleError::NoFreeVlan {
+                Some(taken.first_free().ok_or_else(|| RuleError::NoFreeVlan {
                     port: key.port.clone(),
-                })?
+                })?)
             }
         };
         let vxc = Vxc {
@@ -742,13 +929,16 @@ impl Model {
             a_end: AEnd {
                 port: a_port,
                 vlan: a_end_vlan,
+                host: tunnel.a_host,
             },
             b_end: BEnd {
                 port: key.port.clone(),
                 vlan: b_vlan,
+                host: key.host,
             },
             created_at: now,
             shutdown: req.shutdown,
+            vni: tunnel.vni,
         };
         let key_after = key.single_use.then(|| ServiceKey {
             redeemed_by: Some(id),
@@ -760,6 +950,43 @@ impl Model {
         })
     }
 
+    /// The rules of a new VXC's ends on peers: at most one end there, and then a VNI that no
+    /// other VXC of this host uses; no VNI for a VXC of this host alone.
+    fn check_tunnel(
+        &self,
+        id: &VxcId,
+        a_port: &PortName,
+        tunnel: &Tunnel,
+        key: &ServiceKey,
+    ) -> Result<(), RuleError> {
+        if let (Some(a), Some(b)) = (tunnel.a_host, key.host) {
+            return Err(RuleError::BadRequest(format!(
+                "VXC {id}: A-End port {a_port} is on peer {a} and service key {}'s port {} is on \
+                 peer {b}; nothing of it would be on this host",
+                key.id, key.port
+            )));
+        }
+        let peer = tunnel.a_host.or(key.host);
+        match (peer, tunnel.vni) {
+            (Some(peer), None) => Err(RuleError::BadRequest(format!(
+                "VXC {id} has an end on peer {peer}: a vni (1..={}) is required to carry it",
+                super::VNI_MAX
+            ))),
+            (None, Some(vni)) => Err(RuleError::BadRequest(format!(
+                "VXC {id} has both ends on this host: vni {vni} is only for a VXC with an end on \
+                 a peer"
+            ))),
+            (Some(_), Some(vni)) => match self.vnis.get(&vni) {
+                Some(holder) => Err(RuleError::VniInUse {
+                    vni,
+                    vxc: holder.clone(),
+                }),
+                None => Ok(()),
+            },
+            (None, None) => Ok(()),
+        }
+    }
+
     /// Applies an accepted VXC plan.
     pub fn commit_vxc(&mut self, plan: VxcPlan) {
         if let Some(key) = plan.key_after {
@@ -769,20 +996,22 @@ impl Model {
             Change::Unchanged(_) => {}
             Change::Created(vxc) => {
                 let holder = Holder::Vxc(vxc.id.clone());
-                if let Some(vlan) = vxc.a_end.vlan {
+                if let (Some(vlan), true) = (vxc.a_end.vlan, vxc.a_end.is_local()) {
                     let a = self.port_mut(&vxc.a_end.port);
                     a.taken.insert(vlan);
                     a.holders.insert(vlan, holder.clone());
                 }
                 // For a single-use key this replaces the key's reservation by the VXC.
-                let b = self.port_mut(&vxc.b_end.port);
-                b.taken.insert(vxc.b_end.vlan);
-                b.holders.insert(vxc.b_end.vlan, holder);
+                if let (Some(vlan), true) = (vxc.b_end.vlan, vxc.b_end.is_local()) {
+                    let b = self.port_mut(&vxc.b_end.port);
+                    b.taken.insert(vlan);
+                    b.holders.insert(vlan, holder);
+                }
                 self.index_vxc(&vxc);
                 self.vxcs.insert(vxc.id.clone(), vxc);
             }
             Change::Updated { before, after } => {
-                if before.a_end.vlan != after.a_end.vlan {
+                if before.a_end.vlan != after.a_end.vlan && after.a_end.is_local() {
                     let holder = Holder::Vxc(after.id.clone());
                     let a = self.port_mut(&after.a_end.port);
                     if let Some(old) = before.a_end.vlan {
@@ -810,7 +1039,14 @@ impl Model {
     /// Removes a VXC and frees its VLANs. A single-use key stays used.
     pub fn commit_delete_vxc(&mut self, id: &VxcId) -> Option<Vxc> {
         let vxc = self.vxcs.remove(id)?;
-        if let Some(a) = self.ports.get_mut(&vxc.a_end.port) {
+        if let Some(vni) = vxc.vni {
+            self.vnis.remove(&vni);
+        }
+        if let Some(a) = self
+            .ports
+            .get_mut(&vxc.a_end.port)
+            .filter(|_| vxc.a_end.is_local())
+        {
             if let Some(vlan) = vxc.a_end.vlan {
                 a.taken.remove(vlan);
                 a.holders.remove(&vlan);
@@ -819,9 +1055,15 @@ impl Model {
             }
             a.vxcs.remove(id);
         }
-        if let Some(b) = self.ports.get_mut(&vxc.b_end.port) {
-            b.taken.remove(vxc.b_end.vlan);
-            b.holders.remove(&vxc.b_end.vlan);
+        if let Some(b) = self
+            .ports
+            .get_mut(&vxc.b_end.port)
+            .filter(|_| vxc.b_end.is_local())
+        {
+            if let Some(vlan) = vxc.b_end.vlan {
+                b.taken.remove(vlan);
+                b.holders.remove(&vlan);
+            }
             b.vxcs.remove(id);
         }
         if let Some(users) = self.key_users.get_mut(&vxc.service_key) {

@@ -40,11 +40,8 @@ enum Step {
 /// Kernel work done, and how to take it back.
 enum Done {
     Created(VxcSpec),
-    Reprogrammed {
-        old: VxcSpec,
-        new: VxcSpec,
-        moved: bool,
-    },
+    /// Boxed: two specs side by side would make every `Done` that large.
+    Reprogrammed(Box<(VxcSpec, VxcSpec, bool)>),
     Removed(VxcSpec),
 }
 
@@ -187,7 +184,7 @@ impl Engine {
                             let moved = before.a_end.vlan != after.a_end.vlan;
                             match self.reprogram(&old, &new, moved).await {
                                 Ok(()) => {
-                                    done.push(Done::Reprogrammed { old, new, moved });
+                                    done.push(Done::Reprogrammed(Box::new((old, new, moved))));
                                     Ok(())
                                 }
                                 Err(f) => Err(f),
@@ -332,12 +329,15 @@ impl Engine {
                         .await
                         .map_err(|e| e.to_string()),
                 ),
-                Done::Reprogrammed { old, new, moved } => (
-                    new.id.clone(),
-                    self.reprogram(&new, &old, moved)
-                        .await
-                        .map_err(|f| f.message),
-                ),
+                Done::Reprogrammed(change) => {
+                    let (old, new, moved) = *change;
+                    (
+                        new.id.clone(),
+                        self.reprogram(&new, &old, moved)
+                            .await
+                            .map_err(|f| f.message),
+                    )
+                }
                 Done::Removed(spec) => (
                     spec.id.clone(),
                     self.dataplane

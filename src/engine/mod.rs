@@ -107,6 +107,8 @@ impl Engine {
             generation: None,
             store: store_status(&store, None),
             inspector: None,
+            core: None,
+            core_mtu: None,
         });
         Engine {
             store,
@@ -128,6 +130,15 @@ impl Engine {
     /// The event stream, for `watch`.
     pub fn events(&self) -> Arc<Events> {
         self.events.clone()
+    }
+
+    /// This host's place on the VXLAN core (`[core]`); without it, no end may be on a peer.
+    /// Restart-only: tunnels already made name this address.
+    pub fn set_core(&mut self, core: Option<crate::config::Core>) {
+        self.published.edit(|s| {
+            s.model.set_core(core.as_ref().map(|c| c.address));
+            s.core = core;
+        });
     }
 
     /// The last `sync` generation applied, as read from the state at start.
@@ -216,6 +227,7 @@ impl Engine {
                     state.model.keys().cloned(),
                     state.model.vxcs().cloned(),
                 )
+                .map(|m| m.with_core(state.model.core()))
                 .map_err(|e| format!("the state does not fit the new ports: {e}"))?,
             )
         };
@@ -285,10 +297,19 @@ impl Engine {
     }
 
     fn unconfigured(vxc: &Vxc) -> VxcState {
-        VxcState::Pending(format!(
-            "port {} or {} is not in the config",
-            vxc.a_end.port, vxc.b_end.port
-        ))
+        match vxc.peer() {
+            Some(peer) => {
+                VxcState::Pending(format!(
+                "port {} is not in the config, or [core] is not (needed for the tunnel to peer \
+                 {peer})",
+                if vxc.a_end.is_local() { &vxc.a_end.port } else { &vxc.b_end.port }
+            ))
+            }
+            None => VxcState::Pending(format!(
+                "port {} or {} is not in the config",
+                vxc.a_end.port, vxc.b_end.port
+            )),
+        }
     }
 
     fn spec(&self, vxc: &Vxc) -> Option<VxcSpec> {
@@ -433,7 +454,7 @@ impl Engine {
                 log::info!(
                     vxc = vxc.id.as_str(), key = vxc.service_key.as_str(),
                     a_port = vxc.a_end.port.as_str(), a_vlan = vxc.a_end.vlan.map(|v| v.get()).unwrap_or(0),
-                    b_port = vxc.b_end.port.as_str(), b_vlan = vxc.b_end.vlan.get(), rate_mbps = vxc.rate_mbps;
+                    b_port = vxc.b_end.port.as_str(), b_vlan = vxc.b_end.vlan.map(|v| v.get()).unwrap_or(0), rate_mbps = vxc.rate_mbps;
                     "VXC {} created: {}", vxc.id, state.name()
                 );
                 let used = plan
@@ -624,6 +645,7 @@ impl Engine {
             self.check(&desired).await
         };
         let kernel_8021q = kernel_has_8021q();
+        let core_mtu = self.read_core_mtu().await;
         let metrics = crate::metrics::daemon();
         metrics.reconcile_passes.inc();
         metrics
@@ -641,6 +663,7 @@ impl Engine {
                     s.drift_repairs += repaired;
                     s.last_reconcile = Some(OffsetDateTime::now_utc());
                     s.kernel_8021q = kernel_8021q;
+                    s.core_mtu = core_mtu;
                     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
                     for state in s.states.values() {
                         *counts.entry(state.name()).or_default() += 1;
@@ -671,6 +694,40 @@ impl Engine {
             }
         }
         self.refresh_inspector();
+    }
+
+    /// The MTUs of the uplink and of the local ports of VXCs to peers (a few link reads: one per
+    /// such port, not per VXC); `None` without `[core]` or without an uplink to compare with.
+    async fn read_core_mtu(&self) -> Option<read::CoreMtu> {
+        let state = self.published.load();
+        let uplink = state.core.as_ref()?.interface.clone()?;
+        let ports: std::collections::BTreeSet<PortName> = state
+            .model
+            .vxcs()
+            .filter(|v| v.peer().is_some())
+            .map(|v| {
+                if v.a_end.is_local() {
+                    v.a_end.port.clone()
+                } else {
+                    v.b_end.port.clone()
+                }
+            })
+            .collect();
+        let interfaces: Vec<(PortName, String)> = ports
+            .into_iter()
+            .filter_map(|p| Some((p.clone(), state.ports.get(&p)?.clone())))
+            .collect();
+        drop(state);
+        let mut mtus = read::CoreMtu {
+            uplink: self.dataplane.link_mtu(&uplink).await.ok().flatten(),
+            ports: BTreeMap::new(),
+        };
+        for (port, interface) in interfaces {
+            if let Ok(Some(mtu)) = self.dataplane.link_mtu(&interface).await {
+                mtus.ports.insert(port, mtu);
+            }
+        }
+        Some(mtus)
     }
 
     /// Repairs the kernel towards `desired`: each VXC's new state and the number of repairs.

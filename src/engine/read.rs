@@ -22,12 +22,13 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::dataplane::{self, Dataplane, EndSpec, VxcSpec};
+use crate::config::Core;
+use crate::dataplane::{self, Dataplane, EndSpec, TunnelSpec, VxcSpec};
 use crate::domain::{Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
 use crate::inspector::{Direction, Expectation, Inspector, VerifySpec};
 use crate::protocol::{
-    EndStatsView, EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView, StatusView,
-    StoreStatus, VxcStatsView, VxcView, PROTOCOL_VERSION,
+    CoreView, EndStatsView, EndView, Failure, InspectorStatus, KernelView, KeyView, Op, PortView,
+    StatusView, StoreStatus, VxcStatsView, VxcView, PROTOCOL_VERSION,
 };
 
 /// Where a VXC stands in the kernel.
@@ -76,6 +77,19 @@ pub struct ReadState {
     pub generation: Option<u64>,
     /// The packet inspector, when enabled (it is shared: its tables have their own lock).
     pub inspector: Option<Arc<Inspector>>,
+    /// `[core]`, when this host takes VXCs with an end on a peer.
+    pub core: Option<Core>,
+    /// The MTUs the tunnels depend on, as read at the last reconcile pass.
+    pub core_mtu: Option<CoreMtu>,
+}
+
+/// The MTUs of the uplink and of the ports with an end of a VXC to a peer, read from the kernel:
+/// a customer's full-size frame plus the encapsulation must fit the uplink, or it is lost on
+/// the core.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CoreMtu {
+    pub uplink: Option<u32>,
+    pub ports: BTreeMap<PortName, u32>,
 }
 
 /// The published state: one writer (the engine), any number of readers.
@@ -198,17 +212,90 @@ impl ReadState {
             port: port.to_string(),
             interface: self.ports.get(port)?.clone(),
             vlan,
+            tunnel: None,
         })
     }
 
-    /// What the kernel should hold for a VXC; `None` while one of its ports is not configured.
+    /// The end of a VXC on a peer: the tunnel device to it (`None` without `[core]`).
+    fn tunnel_spec(&self, vxc: &Vxc, port: &PortName, peer: std::net::IpAddr) -> Option<EndSpec> {
+        let core = self.core.as_ref()?;
+        let vni = vxc.vni?.get();
+        Some(EndSpec {
+            port: port.to_string(),
+            interface: dataplane::tunnel_interface_name(vni),
+            vlan: None,
+            tunnel: Some(TunnelSpec {
+                vni,
+                local: core.address,
+                remote: peer,
+                udp_port: core.udp_port,
+                uplink: core.interface.clone(),
+            }),
+        })
+    }
+
+    /// What the kernel should hold for a VXC; `None` while one of its ports is not configured
+    /// (or, for a VXC with an end on a peer, `[core]` is not).
     pub fn spec(&self, vxc: &Vxc) -> Option<VxcSpec> {
+        let a = match vxc.a_end.host {
+            None => self.end_spec(&vxc.a_end.port, vxc.a_end.vlan.map(|v| v.get()))?,
+            Some(peer) => self.tunnel_spec(vxc, &vxc.a_end.port, peer)?,
+        };
+        let b = match vxc.b_end.host {
+            None => self.end_spec(&vxc.b_end.port, Some(vxc.b_end.vlan?.get()))?,
+            Some(peer) => self.tunnel_spec(vxc, &vxc.b_end.port, peer)?,
+        };
         Some(VxcSpec {
             id: vxc.id.to_string(),
             rate_mbps: vxc.rate_mbps,
-            a: self.end_spec(&vxc.a_end.port, vxc.a_end.vlan.map(|v| v.get()))?,
-            b: self.end_spec(&vxc.b_end.port, Some(vxc.b_end.vlan.get()))?,
+            a,
+            b,
             shutdown: vxc.shutdown,
+        })
+    }
+
+    /// Why customers' full-size frames on a VXC's local port cannot cross the core, if they
+    /// cannot: the port's MTU plus the encapsulation exceeds the uplink's.
+    pub fn mtu_shortfall(&self, vxc: &Vxc) -> Option<String> {
+        let core = self.core.as_ref()?;
+        vxc.peer()?;
+        let mtus = self.core_mtu.as_ref()?;
+        let uplink_mtu = mtus.uplink?;
+        let port = if vxc.a_end.is_local() {
+            &vxc.a_end.port
+        } else {
+            &vxc.b_end.port
+        };
+        let port_mtu = *mtus.ports.get(port)?;
+        let overhead = if core.address.is_ipv4() { 50 } else { 70 };
+        (port_mtu + overhead > uplink_mtu).then(|| {
+            format!(
+                "customer frames of port {port} (MTU {port_mtu}) cannot cross the core: uplink {} \
+                 has MTU {uplink_mtu}, which carries at most {} after the {overhead} bytes of \
+                 VXLAN; raise its MTU to {}",
+                core.interface.as_deref().unwrap_or("?"),
+                uplink_mtu.saturating_sub(overhead),
+                port_mtu + overhead
+            )
+        })
+    }
+
+    fn core_view(&self) -> Option<CoreView> {
+        let core = self.core.as_ref()?;
+        let remote: Vec<&Vxc> = self.model.vxcs().filter(|v| v.peer().is_some()).collect();
+        let mut warnings: Vec<String> = remote
+            .iter()
+            .filter_map(|v| self.mtu_shortfall(v))
+            .collect();
+        warnings.sort();
+        warnings.dedup();
+        Some(CoreView {
+            address: core.address.to_string(),
+            udp_port: core.udp_port,
+            interface: core.interface.clone(),
+            interface_mtu: self.core_mtu.as_ref().and_then(|m| m.uplink),
+            tunnels: remote.len(),
+            mtu_warnings: warnings,
         })
     }
 
@@ -298,6 +385,7 @@ impl ReadState {
             generation: self.generation,
             reconcile_passes: crate::metrics::daemon().reconcile_passes.get(),
             own_event_bursts: crate::metrics::daemon().own_event_bursts.get(),
+            core: self.core_view(),
         }
     }
 
@@ -319,6 +407,7 @@ impl ReadState {
                 .iter()
                 .map(|v| v.to_string())
                 .collect(),
+            host: key.host.map(|h| h.to_string()),
             redeemable: refusal.is_none(),
             reason: refusal.map(|r| r.code().to_owned()),
         }
@@ -327,17 +416,24 @@ impl ReadState {
     /// `state_override` is `Some("planned")` for vxc.plan.
     pub fn vxc_view(&self, vxc: &Vxc, state_override: Option<&str>) -> VxcView {
         let a_vlan = vxc.a_end.vlan.map(|v| v.get());
-        let b_vlan = vxc.b_end.vlan.get();
-        let interface = |port: &PortName, vlan: Option<u16>| {
-            self.ports
+        let b_vlan = vxc.b_end.vlan.map(|v| v.get());
+        let interface = |port: &PortName, vlan: Option<u16>, host: Option<std::net::IpAddr>| match (
+            host, vxc.vni,
+        ) {
+            (Some(_), Some(vni)) => Some(dataplane::tunnel_interface_name(vni.get())),
+            (Some(_), None) => None,
+            (None, _) => self
+                .ports
                 .get(port)
-                .map(|parent| dataplane::end_interface_name(parent, vlan))
+                .map(|parent| dataplane::end_interface_name(parent, vlan)),
         };
         let (state, state_reason) = match state_override {
             Some(s) => (s.to_owned(), None),
             None => {
                 let s = self.state_of(&vxc.id);
-                (self.state_name(vxc, &s).to_owned(), s.reason())
+                // An up VXC whose customers' full-size frames cannot cross the core says so.
+                let reason = s.reason().or_else(|| self.mtu_shortfall(vxc));
+                (self.state_name(vxc, &s).to_owned(), reason)
             }
         };
         VxcView {
@@ -350,14 +446,17 @@ impl ReadState {
                 port: vxc.a_end.port.to_string(),
                 vlan: a_vlan,
                 untagged: Some(a_vlan.is_none()),
-                interface: interface(&vxc.a_end.port, a_vlan),
+                interface: interface(&vxc.a_end.port, a_vlan, vxc.a_end.host),
+                host: vxc.a_end.host.map(|h| h.to_string()),
             },
             b_end: EndView {
                 port: vxc.b_end.port.to_string(),
-                vlan: Some(b_vlan),
+                vlan: b_vlan,
                 untagged: None,
-                interface: interface(&vxc.b_end.port, Some(b_vlan)),
+                interface: interface(&vxc.b_end.port, b_vlan, vxc.b_end.host),
+                host: vxc.b_end.host.map(|h| h.to_string()),
             },
+            vni: vxc.vni.map(|v| v.get()),
             state,
             state_reason,
             created_at: rfc3339(vxc.created_at),

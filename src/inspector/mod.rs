@@ -144,6 +144,10 @@ impl Expectation {
         for vxc in vxcs {
             for side in [Side::A, Side::B] {
                 let end = vxc.end(side);
+                // A tunnel device is no customer port: nothing to inspect there.
+                if end.tunnel.is_some() {
+                    continue;
+                }
                 let end_ref = EndRef {
                     vxc: vxc.id.clone(),
                     side,
@@ -1335,11 +1339,13 @@ mod tests {
                 port: "p1".into(),
                 interface: "eth1".into(),
                 vlan: Some(200),
+                tunnel: None,
             },
             b: crate::dataplane::EndSpec {
                 port: "p2".into(),
                 interface: "eth2".into(),
                 vlan: None,
+                tunnel: None,
             },
             shutdown: false,
         };

@@ -176,6 +176,7 @@ pub fn untagged_vxc(id: &str, rate_mbps: u32, a: &str, b: &str) -> vxcd::datapla
         port: format!("port-{interface}"),
         interface: interface.into(),
         vlan: None,
+        tunnel: None,
     };
     vxcd::dataplane::VxcSpec {
         id: id.into(),

@@ -468,6 +468,11 @@ impl Engine {
                     s.states.insert(vxc.id.clone(), state);
                     s.model.commit_vxc(plan);
                 });
+                if vxc.peer().is_some() {
+                    // Its answer says at once whether its customers' frames fit the core.
+                    let core_mtu = self.read_core_mtu().await;
+                    self.published.edit(|s| s.core_mtu = core_mtu);
+                }
                 self.inspect_changed(&vxc);
                 let id = vxc.id.to_string();
                 self.events.emit(EventKind::VxcCreated { vxc: id.clone() });

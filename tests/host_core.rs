@@ -159,6 +159,20 @@ fn a_vxc_to_a_peer_carries_traffic_over_its_own_tunnel_and_survives_restarts() {
         "the customer does not reach the peer across the VXC"
     );
 
+    // verify proves the local half both ways: into cust0, out of vxc17 and the uplink with VNI
+    // 17 towards the peer; into vxc17's receive path, out of cust0 untagged and nowhere else.
+    let verified = ok(d.call(json!({"op": "verify", "id": "v1"})));
+    assert_eq!(verified["pass"], json!(true), "{verified}");
+    let directions = &verified["results"][0]["directions"];
+    let towards = &directions[0];
+    assert_eq!(towards["direction"], json!("a->b"), "{verified}");
+    assert_eq!(towards["expected_vni"], json!(17), "{verified}");
+    assert_eq!(
+        towards["core"],
+        json!([{"interface": "core0", "vni": 17, "remote": "10.99.0.2", "udp_port": 4789}]),
+        "{verified}"
+    );
+
     // The customer port's MTU 1500 plus 50 bytes of VXLAN does not fit the uplink's 1500: the
     // operator is told, in the VXC's state reason and in status.
     let status = ok(d.call(json!({"op": "status"})));
@@ -390,4 +404,45 @@ fn a_host_without_core_takes_no_end_on_a_peer() {
             .is_some_and(|m| m.contains("no [core] address configured")),
         "{error}"
     );
+}
+
+#[test]
+fn verify_names_the_peer_a_tunnel_was_pointed_at_by_hand() {
+    let core = Core::new();
+    let d = core.vxcd("repair = false\n");
+    ok(d.call(remote_key("k1")));
+    ok(d.call(vxc_put("v1", "k1", 17)));
+    // 10.99.0.3 answers ARP on the core, so the misdirected probe does leave.
+    core.peer
+        .ip(&["addr", "add", "10.99.0.3/24", "dev", "core0"]);
+    core.edge.ip(&[
+        "link",
+        "set",
+        "vxc17",
+        "type",
+        "vxlan",
+        "remote",
+        "10.99.0.3",
+    ]);
+    let verified = ok(d.call(json!({"op": "verify", "id": "v1"})));
+    assert_eq!(verified["pass"], json!(false), "{verified}");
+    let details: Vec<&str> = verified["results"][0]["directions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["detail"].as_str())
+        .collect();
+    assert!(
+        details.iter().any(|d| d.contains(
+            "left the core uplink core0 with VNI 17 to 10.99.0.3 instead of VNI 17 to 10.99.0.2"
+        )),
+        "{verified}"
+    );
+    // Repair off: the drift is reported, not mended.
+    wait_for("the drift to be reported", || {
+        let vxc = ok(d.call(json!({"op": "vxc.get", "id": "v1"})))["vxc"].clone();
+        vxc["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("remote expected 10.99.0.2, observed 10.99.0.3"))
+    });
 }

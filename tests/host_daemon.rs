@@ -154,11 +154,12 @@ fn vxc_on_absent_port_is_pending_and_survives_sigterm_and_restart() {
     assert_eq!(v["state"], json!("pending"), "{v}");
     assert_eq!(
         v["a_end"],
-        json!({"port": "mel-1", "vlan": 200, "untagged": false, "interface": "nope1.200"})
+        json!({"port": "mel-1", "vlan": 200, "untagged": false, "interface": "nope1.200",
+            "host": null})
     );
     assert_eq!(
         v["b_end"],
-        json!({"port": "mel-2", "vlan": 100, "interface": "nope2.100"})
+        json!({"port": "mel-2", "vlan": 100, "interface": "nope2.100", "host": null})
     );
     // Rate change on a pending VXC, then an identical put.
     let mut faster = vxc("v-1", "k-1", "mel-1", Some(200));

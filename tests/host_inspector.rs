@@ -481,6 +481,7 @@ fn vend(interface: &str, vlan: Option<u16>) -> VerifyEnd {
         port: format!("port-{interface}"),
         interface: interface.into(),
         vlan,
+        tunnel: None,
     }
 }
 

@@ -46,11 +46,16 @@
 //! port (see [`probe`] for why a tap with a `mirred ingress` redirect, and its limits) and
 //! captures on every port interface it is given: the direction passes when the probe leaves
 //! the other end's port exactly once with the expected encapsulation (0x8100 + that end's
-//! VLAN and nothing inside it, or untagged) and leaves no other port.
+//! VLAN and nothing inside it, or untagged) and leaves no other port. A VXC with an end on a
+//! peer is proved in its local half: a probe into the local end must leave the tunnel device
+//! and then the uplink encapsulated with the VXC's VNI towards the peer ([`vxlan`]); a probe
+//! into the tunnel device's receive path must leave the local port with the local end's tag.
+//! The peer's inspector counts the probes it hands to its customer per end (`probes_tx`).
 
 pub mod frame;
 pub mod probe;
 pub mod ring;
+pub mod vxlan;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -232,6 +237,13 @@ pub struct EndView {
     /// Out of the end to the customer.
     pub tx_frames: u64,
     pub tx_bytes: u64,
+    /// `verify` probes of this VXC (by the id hash they carry) from the customer into the end,
+    /// and out of the end to the customer: on the peer of a VXC across hosts, `probes_tx` counts
+    /// the probes an operator sent into the other host's end.
+    #[serde(default)]
+    pub probes_rx: u64,
+    #[serde(default)]
+    pub probes_tx: u64,
 }
 
 /// One violation bucket: (kind, VLAN or untagged, direction).
@@ -284,6 +296,9 @@ struct EndCounters {
     rx_bytes: AtomicU64,
     tx_frames: AtomicU64,
     tx_bytes: AtomicU64,
+    /// The VXC's probe hash ([`probe::vxc_hash`]), set when the table is built.
+    probe_hash: u64,
+    probes: [AtomicU64; 2],
 }
 
 #[derive(Default)]
@@ -355,6 +370,28 @@ fn dir_index(direction: Direction) -> usize {
     }
 }
 
+/// The end a frame's tag belongs to on this port, or the violation it is.
+fn end_of<'t>(
+    table: &'t PortTable,
+    tags: &frame::FrameTags<'_>,
+) -> Result<&'t Arc<EndCounters>, (ViolationKind, usize)> {
+    match (tags.outer, &table.untagged) {
+        (None, Some(end)) => Ok(end),
+        (None, None) => Err((ViolationKind::UntaggedOnTaggedPort, UNTAGGED_SLOT)),
+        (Some(tag), Some(_)) => Err((ViolationKind::TaggedOnUntaggedPort, usize::from(tag.vid))),
+        (Some(tag), None) if tag.tpid != 0x8100 => {
+            Err((ViolationKind::UnexpectedTpid, usize::from(tag.vid)))
+        }
+        (Some(tag), None) => match table.vlan_end[usize::from(tag.vid & 0x0fff)] {
+            0 => Err((ViolationKind::UnknownVlan, usize::from(tag.vid))),
+            i => table
+                .ends
+                .get(usize::from(i) - 1)
+                .ok_or((ViolationKind::UnknownVlan, usize::from(tag.vid))),
+        },
+    }
+}
+
 /// Classifies one frame: the whole hot path.
 fn classify(table: &PortTable, counters: &PortCounters, raw: &ring::RawFrame<'_>, ts_ns: u64) {
     let Some(tags) = frame::parse(raw.data, raw.meta_tag) else {
@@ -362,8 +399,13 @@ fn classify(table: &PortTable, counters: &PortCounters, raw: &ring::RawFrame<'_>
         return;
     };
     let d = dir_index(raw.direction);
-    if probe::parse(tags.ether_type, tags.payload).is_some() {
+    if let Some(mark) = probe::parse(tags.ether_type, tags.payload) {
         counters.probes[d].fetch_add(1, Ordering::Relaxed);
+        if let Ok(end) = end_of(table, &tags) {
+            if end.probe_hash == mark.vxc_hash {
+                end.probes[d].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         return;
     }
     if raw.direction == Direction::Tx {
@@ -384,22 +426,7 @@ fn classify(table: &PortTable, counters: &PortCounters, raw: &ring::RawFrame<'_>
         }
     }
     let bytes = u64::from(raw.wire_len) + if raw.meta_tag.is_some() { 4 } else { 0 };
-    let end = match (tags.outer, &table.untagged) {
-        (None, Some(end)) => Ok(end),
-        (None, None) => Err((ViolationKind::UntaggedOnTaggedPort, UNTAGGED_SLOT)),
-        (Some(tag), Some(_)) => Err((ViolationKind::TaggedOnUntaggedPort, usize::from(tag.vid))),
-        (Some(tag), None) if tag.tpid != 0x8100 => {
-            Err((ViolationKind::UnexpectedTpid, usize::from(tag.vid)))
-        }
-        (Some(tag), None) => match table.vlan_end[usize::from(tag.vid & 0x0fff)] {
-            0 => Err((ViolationKind::UnknownVlan, usize::from(tag.vid))),
-            i => table
-                .ends
-                .get(usize::from(i) - 1)
-                .ok_or((ViolationKind::UnknownVlan, usize::from(tag.vid))),
-        },
-    };
-    match end {
+    match end_of(table, &tags) {
         Ok(end) => {
             let (frames, byte_count) = match raw.direction {
                 Direction::Rx => (&end.rx_frames, &end.rx_bytes),
@@ -768,8 +795,15 @@ fn build_table(port: &PortExpect, old: &[EndSlot]) -> (PortTable, Vec<EndSlot>) 
     let old: HashMap<(&EndRef, Option<u16>), &Arc<EndCounters>> =
         old.iter().map(|(e, v, c)| ((e, *v), c)).collect();
     let reuse = |end: &EndRef, vlan: Option<u16>| {
-        old.get(&(end, vlan))
-            .map_or_else(|| Arc::new(EndCounters::default()), |c| Arc::clone(c))
+        old.get(&(end, vlan)).map_or_else(
+            || {
+                Arc::new(EndCounters {
+                    probe_hash: probe::vxc_hash(&end.vxc),
+                    ..EndCounters::default()
+                })
+            },
+            |c| Arc::clone(c),
+        )
     };
     let mut ends = Vec::new();
     let mut table = PortTable {
@@ -804,6 +838,8 @@ fn port_view(interface: &str, w: &PortWorker) -> PortView {
             rx_bytes: n.rx_bytes.load(Ordering::Relaxed),
             tx_frames: n.tx_frames.load(Ordering::Relaxed),
             tx_bytes: n.tx_bytes.load(Ordering::Relaxed),
+            probes_rx: n.probes[0].load(Ordering::Relaxed),
+            probes_tx: n.probes[1].load(Ordering::Relaxed),
         })
         .collect();
     let mut violations = Vec::new();
@@ -858,10 +894,23 @@ fn port_view(interface: &str, w: &PortWorker) -> PortView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifyEnd {
     pub port: String,
-    /// The port's interface (parent).
+    /// The port's interface (parent); for an end on a peer, the tunnel device.
     pub interface: String,
     /// `None`: untagged.
     pub vlan: Option<u16>,
+    /// The tunnel to the peer holding this end.
+    #[serde(default)]
+    pub tunnel: Option<VerifyTunnel>,
+}
+
+/// Where a probe into the local end must go on the core.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyTunnel {
+    pub vni: u32,
+    pub remote: std::net::IpAddr,
+    pub udp_port: u16,
+    /// The uplink to capture on; `None`: the tunnel device is as far as verify can see.
+    pub uplink: Option<String>,
 }
 
 /// A VXC to verify and the other port interfaces the probes must not leave on.
@@ -880,6 +929,12 @@ impl VerifySpec {
             port: e.port.clone(),
             interface: e.interface.clone(),
             vlan: e.vlan,
+            tunnel: e.tunnel.as_ref().map(|t| VerifyTunnel {
+                vni: t.vni,
+                remote: t.remote,
+                udp_port: t.udp_port,
+                uplink: t.uplink.clone(),
+            }),
         };
         VerifySpec {
             vxc: vxc.id.clone(),
@@ -924,6 +979,16 @@ pub struct Sighting {
     pub inner: Option<Tag>,
 }
 
+/// How a probe was seen leaving the uplink, encapsulated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreSighting {
+    pub interface: String,
+    pub vni: u32,
+    /// The outer destination: the peer it went to.
+    pub remote: std::net::IpAddr,
+    pub udp_port: u16,
+}
+
 /// Result of one direction (probe into `from`, expected out of `to`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectionResult {
@@ -939,6 +1004,12 @@ pub struct DirectionResult {
     pub seen: bool,
     /// Every sighting as it left a port (Tx), including wrong ones.
     pub left_on: Vec<Sighting>,
+    /// Towards a peer: the VNI the probe must carry on the core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_vni: Option<u32>,
+    /// Towards a peer: every encapsulated copy seen leaving the uplink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub core: Vec<CoreSighting>,
     /// Whether the capture saw the probe enter the source port's receive path.
     pub entered: bool,
     pub elapsed_us: u64,
@@ -979,7 +1050,9 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
         }
     }
     let ring_cfg = RingConfig {
-        snap_len: 128,
+        // Room for the outer headers of a probe leaving the core (14 + 40 + 8 + 8) and the
+        // probe inside.
+        snap_len: 256,
         block_size: 1 << 16,
         block_count: 4,
         block_timeout_ms: 1,
@@ -990,6 +1063,17 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
             .map_err(|e| verr(format!("capturing on port {port}: {e}")))?;
         rings.push((port.clone(), interface.clone(), ring));
     }
+    let tunnel = [&spec.a, &spec.b]
+        .into_iter()
+        .find_map(|e| e.tunnel.clone());
+    let mut core_ring = match tunnel.as_ref().and_then(|t| t.uplink.clone()) {
+        Some(uplink) => {
+            let ring = ring::Ring::open(&uplink, ring_cfg)
+                .map_err(|e| verr(format!("capturing on the core uplink {uplink}: {e}")))?;
+            Some((uplink, ring))
+        }
+        None => None,
+    };
     let hash = probe::vxc_hash(&spec.vxc);
     let mut directions = Vec::new();
     for (entry, from, to) in [(0u8, &spec.a, &spec.b), (1u8, &spec.b, &spec.a)] {
@@ -1004,6 +1088,9 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
         let started = Instant::now();
         injector.inject(&frame).map_err(|e| verr(e.to_string()))?;
         let mut left_on: Vec<Sighting> = Vec::new();
+        let mut core: Vec<CoreSighting> = Vec::new();
+        // Towards a peer with a known uplink, the probe has arrived once it leaves the core.
+        let to_core = to.tunnel.as_ref().filter(|t| t.uplink.is_some());
         let mut entered = false;
         let mut arrived_at: Option<Instant> = None;
         let mut elapsed = Duration::ZERO;
@@ -1028,7 +1115,7 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
                         }
                         return;
                     }
-                    if *interface == to.interface && arrived_at.is_none() {
+                    if *interface == to.interface && arrived_at.is_none() && to_core.is_none() {
                         arrived_at = Some(Instant::now());
                         elapsed = started.elapsed();
                     }
@@ -1042,10 +1129,65 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
                 })
                 .map_err(|e| verr(e.to_string()))?;
             }
+            if let (Some((uplink, ring)), Some(t)) = (&mut core_ring, &tunnel) {
+                ring.next_block(1, |raw| {
+                    if raw.direction != Direction::Tx {
+                        return;
+                    }
+                    let Some(outer) = frame::parse(raw.data, raw.meta_tag) else {
+                        return;
+                    };
+                    let Some(e) = vxlan::decapsulate(outer.ether_type, outer.payload, t.udp_port)
+                    else {
+                        return;
+                    };
+                    let Some(inner) = frame::parse(e.inner, None) else {
+                        return;
+                    };
+                    if probe::parse(inner.ether_type, inner.payload) != Some(mark) {
+                        return;
+                    }
+                    if to_core.is_some() && arrived_at.is_none() {
+                        arrived_at = Some(Instant::now());
+                        elapsed = started.elapsed();
+                    }
+                    core.push(CoreSighting {
+                        interface: uplink.clone(),
+                        vni: e.vni,
+                        remote: e.destination,
+                        udp_port: e.udp_port,
+                    });
+                })
+                .map_err(|e| verr(e.to_string()))?;
+            }
         }
         if arrived_at.is_none() {
             elapsed = started.elapsed();
         }
+        // Towards a peer: exactly one copy on the core, with the VXC's VNI, to the peer. Into
+        // this host: none (a probe from the tunnel that went back out would loop to the peer).
+        let core_problem = match to_core {
+            Some(t) => match core.as_slice() {
+                [] => Some(format!(
+                    "never left the core uplink {} encapsulated (expected VNI {} to {})",
+                    t.uplink.as_deref().unwrap_or("?"),
+                    t.vni,
+                    t.remote
+                )),
+                [c] if c.vni != t.vni || c.remote != t.remote => Some(format!(
+                    "left the core uplink {} with VNI {} to {} instead of VNI {} to {}",
+                    c.interface, c.vni, c.remote, t.vni, t.remote
+                )),
+                [_] => None,
+                more => Some(format!("left the core uplink {} times", more.len())),
+            },
+            None => core.first().map(|c| {
+                format!(
+                    "also left the core uplink {} with VNI {} to {}",
+                    c.interface, c.vni, c.remote
+                )
+            }),
+        };
         let at_target: Vec<&Sighting> = left_on
             .iter()
             .filter(|s| s.interface == to.interface)
@@ -1061,27 +1203,58 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
         };
         let pass = at_target.len() == 1
             && at_target.iter().all(|s| expected_ok(s))
-            && elsewhere.is_empty();
+            && elsewhere.is_empty()
+            && core_problem.is_none();
         let name = if entry == 0 { "a->b" } else { "b->a" };
         let expected_text = to
             .vlan
             .map_or("untagged".to_string(), |v| format!("VLAN {v}"));
+        let from_text = match &from.tunnel {
+            Some(t) => format!(
+                "tunnel {} (VNI {} from {})",
+                from.interface, t.vni, t.remote
+            ),
+            None => format!("port {}", from.port),
+        };
         let detail = if pass {
-            format!(
-                "probe into port {} left port {} {expected_text} as expected",
-                from.port, to.port
-            )
+            match (&to.tunnel, core.first()) {
+                (Some(_), Some(c)) => format!(
+                    "probe into {from_text} left tunnel {} and the core uplink {} with VNI {} to {} as expected",
+                    to.interface, c.interface, c.vni, c.remote
+                ),
+                (Some(t), None) => format!(
+                    "probe into {from_text} left tunnel {} (VNI {} to {}) as expected",
+                    to.interface, t.vni, t.remote
+                ),
+                (None, _) => format!(
+                    "probe into {from_text} left port {} {expected_text} as expected",
+                    to.port
+                ),
+            }
         } else if at_target.is_empty() {
+            let to_text = match &to.tunnel {
+                Some(t) => format!("tunnel {} (VNI {} to {})", to.interface, t.vni, t.remote),
+                None => format!("port {} (expected {expected_text})", to.port),
+            };
             format!(
-                "probe into port {} never left port {} within {:?} (expected {expected_text}); entered {}: {}{}",
-                from.port,
-                to.port,
+                "probe into {from_text} never left {to_text} within {:?}; entered: {}{}{}",
                 cfg.timeout,
-                from.port,
                 if entered { "yes" } else { "not seen" },
-                if elsewhere.is_empty() { String::new() } else {
-                    format!("; left instead on {}", elsewhere.iter().map(|s| format!("{} {}", s.port, tag_text(s.tag))).collect::<Vec<_>>().join(", "))
-                }
+                if elsewhere.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; left instead on {}",
+                        elsewhere
+                            .iter()
+                            .map(|s| format!("{} {}", s.port, tag_text(s.tag)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                core_problem
+                    .as_ref()
+                    .map_or(String::new(), |p| format!("; {p}"))
             )
         } else {
             let mut problems = Vec::new();
@@ -1105,7 +1278,8 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
                     tag_text(s.tag)
                 ));
             }
-            format!("probe into port {}: {}", from.port, problems.join("; "))
+            problems.extend(core_problem.clone());
+            format!("probe into {from_text}: {}", problems.join("; "))
         };
         if !pass {
             log::error!("verify {}: {name}: {detail}", spec.vxc);
@@ -1118,6 +1292,8 @@ pub fn verify(spec: &VerifySpec, cfg: VerifyConfig) -> Result<VerifyResult, Insp
             observed_inner: first.and_then(|s| s.inner),
             seen: first.is_some(),
             left_on,
+            expected_vni: to.tunnel.as_ref().map(|t| t.vni),
+            core,
             entered,
             elapsed_us: elapsed.as_micros() as u64,
             detail,

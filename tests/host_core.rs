@@ -438,6 +438,60 @@ fn verify_names_the_peer_a_tunnel_was_pointed_at_by_hand() {
         )),
         "{verified}"
     );
+    // A tunnel device with vxcd's marks made again by hand with another VNI (the kernel cannot
+    // change a VNI in place): the drift names the field.
+    core.edge.ip(&["link", "del", "vxc17"]);
+    core.edge.ip(&[
+        "link",
+        "add",
+        "vxc17",
+        "group",
+        OWNER_GROUP,
+        "type",
+        "vxlan",
+        "id",
+        "18",
+        "local",
+        "10.99.0.1",
+        "remote",
+        "10.99.0.2",
+        "dstport",
+        "4789",
+        "nolearning",
+        "dev",
+        "core0",
+    ]);
+    core.edge
+        .ip(&["link", "set", "dev", "vxc17", "alias", "vxcd:v1:b", "up"]);
+    wait_for("the wrong VNI to be reported", || {
+        let vxc = ok(d.call(json!({"op": "vxc.get", "id": "v1"})))["vxc"].clone();
+        vxc["state_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("VNI expected 17, observed 18"))
+    });
+    core.edge.ip(&["link", "del", "vxc17"]);
+    core.edge.ip(&[
+        "link",
+        "add",
+        "vxc17",
+        "group",
+        OWNER_GROUP,
+        "type",
+        "vxlan",
+        "id",
+        "17",
+        "local",
+        "10.99.0.1",
+        "remote",
+        "10.99.0.3",
+        "dstport",
+        "4789",
+        "nolearning",
+        "dev",
+        "core0",
+    ]);
+    core.edge
+        .ip(&["link", "set", "dev", "vxc17", "alias", "vxcd:v1:b", "up"]);
     // Repair off: the drift is reported, not mended.
     wait_for("the drift to be reported", || {
         let vxc = ok(d.call(json!({"op": "vxc.get", "id": "v1"})))["vxc"].clone();

@@ -9,12 +9,12 @@ mod lab;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lab::net::{tcpdump_vlans, Netns, Topology};
 use lab::proc::{wait_until, Vxcd, OWNER_GROUP};
+use lab::rate::{assert_rate, measure_udp};
 use serde_json::{json, Value};
 
 /// Bound on waiting for the daemon, a repair, a capture: a hang limit, not a timing assertion.
@@ -22,9 +22,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// The ports `cust` = cust0 and `prov` = prov0.
 const PORTS: &[(&str, &str)] = &[("cust", "cust0"), ("prov", "prov0")];
-
-/// Makes each measurement's UDP port its own.
-static SERIAL: AtomicU32 = AtomicU32::new(0);
 
 fn single_use_key(key: &str, port: &str, vlan: u16) -> Value {
     json!({"op": "key.put", "key": {"key": key, "port": port, "single_use": true,
@@ -111,108 +108,13 @@ fn assert_up(vxc: &Value, a_if: &str, b_if: &str) {
     assert_eq!(vxc["b_end"]["interface"], json!(b_if), "{vxc}");
 }
 
-// ---- rate measurement ----
-
-/// UDP payload per datagram; on the shaped interface a frame is payload + 8 (UDP) + 20 (IPv4) +
-/// 14 (Ethernet) bytes: the tag travels as metadata and TBF does not count it.
-const PAYLOAD: usize = 1400;
-const FRAME: usize = PAYLOAD + 8 + 20 + 14;
-
-/// Sends UDP from `from` (a host address in `sender`) to `to:port` in `receiver` at `offer_mbps`
-/// for `send_for`, and measures what arrives: frame bytes after the first datagram divided by the
-/// time from the first to the last datagram (both measured). Returns Mbit/s.
-fn measure_udp(
-    sender: &Netns,
-    receiver: &Netns,
-    to: &str,
-    offer_mbps: f64,
-    send_for: Duration,
-) -> (f64, u64, u64) {
-    let port = 5001 + SERIAL.fetch_add(1, Ordering::Relaxed) as u16;
-    let bind = format!("{to}:{port}");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let receiving = receiver.spawn_in(move || {
-        let socket =
-            std::net::UdpSocket::bind(&bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .expect("timeout");
-        ready_tx.send(()).expect("ready");
-        let mut buf = vec![0u8; 65536];
-        let mut first: Option<Instant> = None;
-        let mut last = Instant::now();
-        let mut frames_after_first = 0u64;
-        // Ends after 2 s of quiet once the sender is done: the queue has drained.
-        while let Ok(n) = socket.recv(&mut buf) {
-            assert_eq!(n, PAYLOAD, "datagram of unexpected size");
-            let now = Instant::now();
-            if first.is_none() {
-                first = Some(now);
-            } else {
-                frames_after_first += 1;
-            }
-            last = now;
-        }
-        (first.map(|f| last.duration_since(f)), frames_after_first)
-    });
-    ready_rx.recv_timeout(LIMIT).expect("receiver did not bind");
-    let target = format!("{to}:{port}");
-    let sending = sender.spawn_in(move || {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind sender");
-        let datagram = vec![0x5au8; PAYLOAD];
-        let bytes_per_s = offer_mbps * 1e6 / 8.0;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed() < send_for {
-            // Paced: send what the offered rate allows so far, then yield the (single) vCPU.
-            let due = (start.elapsed().as_secs_f64() * bytes_per_s / FRAME as f64) as u64;
-            while sent < due {
-                // A full socket buffer or a transient error is just a datagram not offered.
-                let _ = socket.send_to(&datagram, &target);
-                sent += 1;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        sent
-    });
-    let sent = sending.join().expect("sender thread");
-    let (elapsed, frames) = receiving.join().expect("receiver thread");
-    let elapsed = elapsed.expect("no datagram arrived");
-    let mbps = (frames as f64 * FRAME as f64 * 8.0) / elapsed.as_secs_f64() / 1e6;
-    eprintln!(
-        "measured {mbps:.2} Mbit/s ({frames} frames of {FRAME} bytes after the first in {:.3} s; {sent} offered at {offer_mbps} Mbit/s) to {to}",
-        elapsed.as_secs_f64()
-    );
-    (mbps, frames, sent)
-}
-
-/// Measures the rate from `sender` to `to` (in `receiver`) and asserts it is within 10 % of
-/// `configured`. A stall of the emulator (the host's cores are shared) can only lower a
-/// measurement, never raise it (the shaper's bucket is capped at its burst), so a measurement
-/// below the range is taken once more and the higher one counts: a shaper at the wrong rate
-/// fails both.
-fn assert_rate(
-    (sender, receiver, to): (&Netns, &Netns, &str),
-    configured: f64,
-    what: &str,
-    vxcd: &Vxcd,
-    edge: &Netns,
-) {
-    let (low, high) = (configured * 0.9, configured * 1.1);
-    let offer = configured * 1.5;
-    let send_for = Duration::from_secs(3);
-    let mut measured = vec![measure_udp(sender, receiver, to, offer, send_for).0];
-    if measured[0] < low {
-        measured.push(measure_udp(sender, receiver, to, offer, send_for).0);
-    }
-    let best = measured.iter().copied().fold(f64::MIN, f64::max);
-    assert!(
-        (low..=high).contains(&best),
-        "{what}: measured {measured:.2?} Mbit/s, configured {configured} Mbit/s (allowed {low:.1} to {high:.1})\n\
-         tc -s qdisc in the edge:\n{}\nvxcd log:\n{}",
+/// What a failed rate measurement shows: the edge's qdiscs with their counters, and vxcd's log.
+fn edge_context(vxcd: &Vxcd, edge: &Netns) -> String {
+    format!(
+        "tc -s qdisc in the edge:\n{}\nvxcd log:\n{}",
         edge.tc("-s qdisc show"),
         vxcd.log()
-    );
+    )
 }
 
 /// 32-bit FNV-1a, as the dataplane module doc specifies for end names that do not fit.
@@ -494,8 +396,8 @@ lab::lab_tests! {
         topo.customer.assert_ping("10.3.0.2", 1); // ARP on both sides before measuring
 
         let (customer, provider) = (&topo.customer, &topo.provider);
-        assert_rate((customer, provider, "10.3.0.2"), 10.0, "customer to provider at 10 Mbit/s", &vxcd, &topo.edge);
-        assert_rate((provider, customer, "10.3.0.1"), 10.0, "provider to customer at 10 Mbit/s", &vxcd, &topo.edge);
+        assert_rate((customer, provider, "10.3.0.2"), 10.0, "customer to provider at 10 Mbit/s", &|| edge_context(&vxcd, &topo.edge));
+        assert_rate((provider, customer, "10.3.0.1"), 10.0, "provider to customer at 10 Mbit/s", &|| edge_context(&vxcd, &topo.edge));
 
         let before = (topo.edge.ifindex("cust0.200"), topo.edge.ifindex("prov0.100"));
         let changed = vxcd.ok(vxc_put("vxc-r", "key-r", AEnd::Vlan(200), 5))["vxc"].clone();
@@ -509,7 +411,7 @@ lab::lab_tests! {
                 "{dev} does not show TBF 7863: at 5Mbit:\n{qdisc}");
         }
         assert_eq!(vxcd.ok(json!({"op": "vxc.get", "id": "vxc-r"}))["vxc"]["rate_mbps"], json!(5));
-        assert_rate((customer, provider, "10.3.0.2"), 5.0, "customer to provider after the change to 5 Mbit/s", &vxcd, &topo.edge);
+        assert_rate((customer, provider, "10.3.0.2"), 5.0, "customer to provider after the change to 5 Mbit/s", &|| edge_context(&vxcd, &topo.edge));
     }
 
     /// (f): SIGTERM and a new start keep the state and every ifindex; then `kill -9` in the middle

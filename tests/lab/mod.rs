@@ -29,6 +29,7 @@
 pub mod cpio;
 pub mod net;
 pub mod proc;
+pub mod rate;
 pub mod sysroot;
 pub mod vm;
 

@@ -38,6 +38,9 @@ const MODULES: &[&str] = &[
     "nlmon",
     // /dev/net/tun: the inspector injects verify probes through a tap device.
     "tun",
+    // VXCs across edge hosts (tests/lab_core.rs); its dependencies udp_tunnel and
+    // ip6_udp_tunnel come first by `depends=`.
+    "vxlan",
     "sch_tbf",
     "sch_htb",
     "sch_ingress",

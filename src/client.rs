@@ -612,9 +612,14 @@ pub fn end_text(end: &EndView) -> String {
         Some(vlan) => vlan.to_string(),
         None => "untagged".into(),
     };
+    // An end on a peer: its port there, and the tunnel device that reaches it.
+    let port = match &end.host {
+        Some(host) => format!("{}@{host}", end.port),
+        None => end.port.clone(),
+    };
     match &end.interface {
-        Some(ifname) => format!("{}/{tag} ({ifname})", end.port),
-        None => format!("{}/{tag}", end.port),
+        Some(ifname) => format!("{port}/{tag} ({ifname})"),
+        None => format!("{port}/{tag}"),
     }
 }
 
@@ -655,7 +660,28 @@ pub fn render_status(result: &Value) -> Result<String, String> {
         ("last reconcile", or_dash(status.last_reconcile)),
         ("drift repairs", status.drift_repairs.to_string()),
         ("inspector", inspector_text(&status.inspector)),
+        ("core", core_text(status.core.as_ref())),
     ]))
+}
+
+/// `status.core` on one line: the address, the tunnels, and any MTU shortfall.
+fn core_text(core: Option<&crate::protocol::CoreView>) -> String {
+    let Some(core) = core else {
+        return "none (VXCs between this host's ports only)".into();
+    };
+    let uplink = match (&core.interface, core.interface_mtu) {
+        (Some(i), Some(mtu)) => format!(" via {i} (MTU {mtu})"),
+        (Some(i), None) => format!(" via {i}"),
+        _ => String::new(),
+    };
+    let mut text = format!(
+        "{} udp {}{uplink}, {} tunnels",
+        core.address, core.udp_port, core.tunnels
+    );
+    for warning in &core.mtu_warnings {
+        text.push_str(&format!("; {warning}"));
+    }
+    text
 }
 
 fn inspector_text(status: &crate::protocol::InspectorStatus) -> String {
@@ -893,6 +919,7 @@ pub fn render_vxc(result: &Value) -> Result<String, String> {
         ("rate", mbps(v.rate_mbps)),
         ("a-end", end_text(&v.a_end)),
         ("b-end", end_text(&v.b_end)),
+        ("vni", v.vni.map_or("-".into(), |n| n.to_string())),
         ("service key", v.service_key),
         ("service level ref", or_dash(v.service_level_ref)),
         ("created at", v.created_at),
@@ -1326,6 +1353,14 @@ mod tests {
             ..end
         };
         assert_eq!(end_text(&end), "syd-1/untagged");
+        let end = EndView {
+            vlan: Some(100),
+            untagged: None,
+            interface: Some("vxc17".into()),
+            host: Some("10.99.0.2".into()),
+            ..end
+        };
+        assert_eq!(end_text(&end), "syd-1@10.99.0.2/100 (vxc17)");
     }
 
     #[test]

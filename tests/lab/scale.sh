@@ -4,7 +4,9 @@
 #     N=1000 tests/lab-shell.sh tests/lab/scale.sh     # (N is read from the guest script below)
 # One multi-use key; N VXCs put back to back on one connection, each assigned the next free VLAN
 # on both ports; then a restart (hitless: converging N VXCs that are already right) and a delete of
-# all. Times are under qemu TCG with debug binaries: ratios matter, not absolute values.
+# all. Then the same N VXCs across hosts (issue 10): the B-End on a peer, reached over a VXLAN
+# device of its own each (a VNI per VXC), in the same boot, created and deleted the same way.
+# Times are under qemu TCG with debug binaries: ratios matter, not absolute values.
 set -e
 N=${N:-4092}
 IP=/usr/sbin/ip
@@ -65,5 +67,44 @@ t0=$(now)
 socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/dels > /tmp/s/answers
 t1=$(now)
 echo "$N vxc.delete back to back: $(grep -c '"ok":true' /tmp/s/answers) ok in $(awk "BEGIN{print $t1 - $t0}") s"
+echo "links left in the edge namespace: $($IP -n edge -o link show | wc -l)"
+kill -TERM $VXCD; wait $VXCD || true
+
+# ---- the same N across hosts: each VXC's B-End on the peer (far), one VXLAN device per VXC ----
+$IP link add core0 netns edge type veth peer name k0 netns far
+$IP -n edge link set core0 mtu 1600 up; $IP -n far link set k0 mtu 1600 up
+$IP -n edge addr add 10.99.0.1/24 dev core0; $IP -n far addr add 10.99.0.2/24 dev k0
+rm -rf /tmp/s/state /tmp/s/control.sock
+cat >> /tmp/s/vxcd.toml <<TOML
+[core]
+address = "10.99.0.1"
+interface = "core0"
+TOML
+start_vxcd
+echo '{"op":"key.put","key":{"key":"m-far","port":"mel-1","host":"10.99.0.2","single_use":false,"max_speed_mbps":1000}}' \
+  | socat - UNIX-CONNECT:/tmp/s/control.sock >/dev/null
+i=1; : > /tmp/s/puts
+while [ $i -le $N ]; do
+  echo "{\"op\":\"vxc.put\",\"vxc\":{\"id\":\"x-$i\",\"name\":\"scale\",\"service_key\":\"m-far\",\"rate_mbps\":10,\"a_end\":{\"port\":\"syd-1\"},\"vni\":$i}}" >> /tmp/s/puts
+  i=$((i+1))
+done
+t0=$(now)
+socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/puts > /tmp/s/answers
+t1=$(now)
+ok=$(grep -c '"ok":true' /tmp/s/answers || true)
+echo "$N vxc.put across hosts back to back: $ok ok in $(awk "BEGIN{print $t1 - $t0}") s ($(awk "BEGIN{printf \"%.1f\", $ok / ($t1 - $t0)}") per s)"
+grep -v '"ok":true' /tmp/s/answers | head -3
+echo "links in the edge namespace: $($IP -n edge -o link show | wc -l) (VXLAN: $($IP -n edge -o link show type vxlan | wc -l))"
+echo "vxcd VmHWM: $(grep VmHWM /proc/$VXCD/status)"
+kill -TERM $VXCD; wait $VXCD || true
+echo "restart (state holds $N VXCs across hosts, kernel already right):"
+start_vxcd
+grep -E "reconciled in" /tmp/s/log | tail -1
+i=1; : > /tmp/s/dels
+while [ $i -le $N ]; do echo "{\"op\":\"vxc.delete\",\"id\":\"x-$i\"}" >> /tmp/s/dels; i=$((i+1)); done
+t0=$(now)
+socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/dels > /tmp/s/answers
+t1=$(now)
+echo "$N vxc.delete across hosts back to back: $(grep -c '"ok":true' /tmp/s/answers) ok in $(awk "BEGIN{print $t1 - $t0}") s"
 echo "links left in the edge namespace: $($IP -n edge -o link show | wc -l)"
 kill -TERM $VXCD; wait $VXCD || true

@@ -81,22 +81,29 @@
 //! VXC failing that verification is reported failed (its changes are not rolled back,
 //! the next convergence retries).
 
+mod apply;
+mod conn;
+mod converge;
+mod events;
+mod msg;
 mod nl;
-mod ops;
+mod observe;
 mod own;
 mod plan;
+mod remove;
+mod report;
 mod stats;
 pub mod tbf;
+mod tunnel;
+mod undo;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+pub use events::{EventChange, KernelEvent, KernelObject};
 pub use nl::Errno;
-pub use ops::{
-    ApplyReport, Change, ConvergeReport, EventChange, KernelEvent, KernelObject, ObjectChange,
-    VxcOutcome,
-};
 pub use plan::{Discrepancy, Orphan, Plan, VxcPlan, VxcStatus};
+pub use report::{ApplyReport, Change, ConvergeReport, ObjectChange, VxcOutcome};
 pub use stats::{EndCounters, InterfaceCounters, ShaperCounters};
 pub use tbf::{BurstPolicy, TbfParams};
 
@@ -500,5 +507,5 @@ impl Observed {
     }
 }
 
-pub(crate) use ops::match_all_redirect_attrs;
-pub use ops::Dataplane;
+pub use conn::Dataplane;
+pub(crate) use msg::match_all_redirect_attrs;

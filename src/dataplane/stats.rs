@@ -11,8 +11,8 @@ use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcStats2};
 use netlink_packet_route::RouteNetlinkMessage;
 use serde::{Deserialize, Serialize};
 
+use super::conn::kernel_err;
 use super::nl::{self, Errno, ReqError};
-use super::ops::kernel_err;
 use super::{Dataplane, DataplaneError, TBF_HANDLE_MAJOR};
 
 use libc::{EINVAL, ENODEV, ENOENT};

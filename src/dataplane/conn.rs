@@ -1,0 +1,96 @@
+//! The dataplane: one rtnetlink connection in the namespace it was opened in. Requests that expect
+//! an ack are pipelined on it; dumps are serialized (the kernel runs one dump per socket).
+
+use std::sync::Arc;
+
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::Handle;
+
+use super::nl::{self, ReqError};
+use super::plan::{self, Plan};
+use super::{DataplaneConfig, DataplaneError, Observed, VxcSpec};
+
+/// The dataplane: one rtnetlink connection in the namespace it was opened in.
+#[derive(Debug, Clone)]
+pub struct Dataplane {
+    pub(super) handle: Handle,
+    pub(super) cfg: DataplaneConfig,
+    /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY);
+    /// other requests are pipelined freely.
+    pub(super) dump_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The port interfaces: kept free of the host's own IPv6 (no link-local address, so no ND,
+    /// MLD or router solicitation leaves towards a customer) at every convergence.
+    pub(super) port_interfaces: Vec<String>,
+    /// The changes vxcd sent, to tell its own kernel events from drift.
+    pub(super) own: Arc<super::own::OwnChanges>,
+}
+
+pub(super) fn kernel_err(action: &str, object: &str, e: ReqError) -> DataplaneError {
+    match e {
+        ReqError::Kernel(errno) => DataplaneError::Kernel {
+            action: action.into(),
+            object: object.into(),
+            errno,
+        },
+        ReqError::Connection(m) => DataplaneError::Connection(format!("{action} {object}: {m}")),
+    }
+}
+
+impl Dataplane {
+    /// Opens an rtnetlink connection in the calling thread's network namespace and spawns
+    /// its task on the current tokio runtime.
+    pub async fn connect(cfg: DataplaneConfig) -> Result<Self, DataplaneError> {
+        let (mut conn, handle, _) = rtnetlink::new_connection()
+            .map_err(|e| DataplaneError::Connection(format!("opening rtnetlink socket: {e}")))?;
+        // Done messages carry NLM_F_DUMP_INTR too; the dump helper needs to see them.
+        conn.set_forward_done(true);
+        // Bound now, so that its port id is known: tc events carry the id of the socket whose
+        // request caused them, which tells vxcd's own changes from others'.
+        let own = Arc::new(super::own::OwnChanges::default());
+        if let Ok(addr) = {
+            use netlink_sys::AsyncSocket;
+            conn.socket_mut().socket_mut().bind_auto()
+        } {
+            own.set_port_id(addr.port_number());
+        }
+        tokio::spawn(conn);
+        Ok(Self {
+            handle,
+            cfg,
+            dump_lock: Arc::new(tokio::sync::Mutex::new(())),
+            port_interfaces: Vec::new(),
+            own,
+        })
+    }
+
+    /// The port interfaces whose host IPv6 every convergence keeps off ([`Dataplane::quiet_port`]).
+    pub fn set_port_interfaces(&mut self, interfaces: Vec<String>) {
+        self.port_interfaces = interfaces;
+    }
+
+    pub fn config(&self) -> &DataplaneConfig {
+        &self.cfg
+    }
+
+    pub(super) async fn dump(
+        &self,
+        payload: RouteNetlinkMessage,
+        what: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
+        let _one_dump_at_a_time = self.dump_lock.lock().await;
+        nl::dump(&self.handle, payload, what).await
+    }
+
+    pub(super) async fn ack(
+        &self,
+        payload: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), ReqError> {
+        nl::ack(&self.handle, payload, flags).await
+    }
+
+    /// Desired VXCs vs observed kernel (pure).
+    pub fn plan(desired: &[VxcSpec], observed: &Observed) -> Plan {
+        plan::plan(desired, observed)
+    }
+}

@@ -1,0 +1,152 @@
+//! Kernel link and tc change notifications, which trigger convergence.
+
+use futures::stream::StreamExt;
+use netlink_packet_core::NetlinkPayload;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::tc::TcMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use tokio::sync::mpsc;
+
+use super::DataplaneError;
+
+use super::conn::*;
+
+pub(super) const RTMGRP_LINK: u32 = 0x1;
+
+pub(super) const RTMGRP_TC: u32 = 0x8;
+
+/// Which kind of kernel object an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelObject {
+    Link,
+    Qdisc,
+    Filter,
+    /// The kernel dropped events (`ENOBUFS` on the event socket): anything may have changed.
+    EventsLost,
+}
+
+/// A link or tc change notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub object: KernelObject,
+    pub change: EventChange,
+    pub ifindex: u32,
+    /// The link name (link events only).
+    pub name: Option<String>,
+    /// vxcd's own change, not drift (see `dataplane/own.rs`).
+    pub caused_by_vxcd: bool,
+}
+
+/// Kind of change in a [`KernelEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventChange {
+    Added,
+    Removed,
+    Changed,
+}
+
+pub(super) fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
+    let link_event = |l: &LinkMessage, change: EventChange| KernelEvent {
+        object: KernelObject::Link,
+        change,
+        ifindex: l.header.index,
+        name: l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }),
+        caused_by_vxcd: false,
+    };
+    let tc_event = |t: &TcMessage, object: KernelObject, change: EventChange| KernelEvent {
+        object,
+        change,
+        ifindex: t.header.index as u32,
+        name: None,
+        caused_by_vxcd: false,
+    };
+    Some(match &msg {
+        // A link's registration is announced with every flag marked changed.
+        RouteNetlinkMessage::NewLink(l) if l.header.change_mask.bits() == u32::MAX => {
+            link_event(l, EventChange::Added)
+        }
+        RouteNetlinkMessage::NewLink(l) => link_event(l, EventChange::Changed),
+        RouteNetlinkMessage::DelLink(l) => link_event(l, EventChange::Removed),
+        RouteNetlinkMessage::NewQueueDiscipline(t) => {
+            tc_event(t, KernelObject::Qdisc, EventChange::Changed)
+        }
+        RouteNetlinkMessage::DelQueueDiscipline(t) => {
+            tc_event(t, KernelObject::Qdisc, EventChange::Removed)
+        }
+        RouteNetlinkMessage::NewTrafficFilter(t) => {
+            tc_event(t, KernelObject::Filter, EventChange::Changed)
+        }
+        RouteNetlinkMessage::DelTrafficFilter(t) => {
+            tc_event(t, KernelObject::Filter, EventChange::Removed)
+        }
+        _ => return None,
+    })
+}
+
+impl Dataplane {
+    /// Subscribes to link and tc notifications on a second socket. The receiver yields
+    /// small events; dropping it ends the subscription at the next event.
+    pub async fn events(&self) -> Result<mpsc::Receiver<KernelEvent>, DataplaneError> {
+        self.events_with_buffer(0).await
+    }
+
+    /// [`Dataplane::events`] with the event socket's receive buffer set to `rcvbuf` bytes (0: the
+    /// kernel's default). A small one makes bursts overflow it, which tests use.
+    pub async fn events_with_buffer(
+        &self,
+        rcvbuf: usize,
+    ) -> Result<mpsc::Receiver<KernelEvent>, DataplaneError> {
+        use netlink_sys::{AsyncSocket, SocketAddr};
+        let (mut conn, handle, mut messages) = rtnetlink::new_connection().map_err(|e| {
+            DataplaneError::Connection(format!("opening rtnetlink event socket: {e}"))
+        })?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_TC))
+            .map_err(|e| {
+                DataplaneError::Connection(format!("subscribing to link and tc events: {e}"))
+            })?;
+        if rcvbuf > 0 {
+            conn.socket_mut()
+                .socket_mut()
+                .set_rx_buf_sz(rcvbuf)
+                .map_err(|e| {
+                    DataplaneError::Connection(format!("sizing the event socket's buffer: {e}"))
+                })?;
+        }
+        tokio::spawn(conn);
+        let (tx, rx) = mpsc::channel(4096);
+        let own = self.own.clone();
+        tokio::spawn(async move {
+            // The handle keeps the connection task alive as long as events are wanted.
+            let _handle = handle;
+            while let Some((msg, _)) = messages.next().await {
+                let port_id = msg.header.port_number;
+                let event = match msg.payload {
+                    NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {
+                        e.caused_by_vxcd = own.caused(&e, port_id);
+                        e
+                    }),
+                    // netlink-proto turns ENOBUFS into an overrun message; the socket goes on.
+                    NetlinkPayload::Overrun(_) => Some(KernelEvent {
+                        object: KernelObject::EventsLost,
+                        change: EventChange::Changed,
+                        ifindex: 0,
+                        name: None,
+                        caused_by_vxcd: false,
+                    }),
+                    _ => None,
+                };
+                if let Some(event) = event {
+                    if tx.send(event).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

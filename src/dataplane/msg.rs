@@ -1,0 +1,321 @@
+//! Building and parsing the netlink messages of vxcd's objects: links (VLAN and VXLAN), qdiscs
+//! (TBF, ingress) and the pipe filter. Pure: no socket here.
+
+use std::collections::{HashMap, HashSet};
+
+use netlink_packet_core::Nla;
+use netlink_packet_route::link::{
+    AfSpecInet6, AfSpecUnspec, InfoData, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
+};
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+};
+use std::net::IpAddr;
+
+use super::tbf::{self, TbfParams};
+use super::{
+    ObservedLink, ObservedVxlan, PipeFilter, RootQdisc, TunnelSpec, PIPE_FILTER_PRIO,
+    TBF_HANDLE_MAJOR,
+};
+
+pub(super) const TC_H_ROOT: u32 = 0xffff_ffff;
+
+pub(super) const TC_H_INGRESS: u32 = 0xffff_fff1;
+
+pub(super) const INGRESS_HANDLE: u32 = 0xffff_0000;
+
+pub(super) const TBF_HANDLE: u32 = (TBF_HANDLE_MAJOR as u32) << 16;
+
+pub(super) const ETH_P_ALL: u16 = 0x0003;
+
+pub(super) const EOPNOTSUPP: i32 = libc::EOPNOTSUPP;
+
+pub(super) const ENOENT: i32 = libc::ENOENT;
+
+pub(super) const EINVAL: i32 = libc::EINVAL;
+
+pub(super) const ENODEV: i32 = libc::ENODEV;
+
+pub(super) const EEXIST: i32 = libc::EEXIST;
+
+pub(super) fn tc_msg(
+    index: u32,
+    handle: u32,
+    parent: u32,
+    info: u32,
+    attributes: Vec<TcAttribute>,
+) -> TcMessage {
+    let mut msg = TcMessage::with_index(index as i32);
+    msg.header.handle = TcHandle::from(handle);
+    msg.header.parent = TcHandle::from(parent);
+    msg.header.info = info;
+    msg.attributes = attributes;
+    msg
+}
+
+pub(super) fn filter_info() -> u32 {
+    (u32::from(PIPE_FILTER_PRIO) << 16) | u32::from(ETH_P_ALL.to_be())
+}
+
+pub(super) fn tbf_attrs(params: &TbfParams) -> Vec<TcAttribute> {
+    vec![
+        TcAttribute::Kind("tbf".into()),
+        TcAttribute::Options(
+            tbf::encode_options(params)
+                .into_iter()
+                .map(TcOption::Other)
+                .collect(),
+        ),
+    ]
+}
+
+pub(super) fn pipe_filter_attrs(target: u32) -> Vec<TcAttribute> {
+    match_all_redirect_attrs(target, TcMirrorActionType::EgressRedir)
+}
+
+/// A `u32` filter matching every frame, with a `mirred` redirect of it to `target`: to its
+/// egress (the pipe between two VXC ends) or its ingress (the inspector's probe tap).
+pub(crate) fn match_all_redirect_attrs(
+    target: u32,
+    redirect: TcMirrorActionType,
+) -> Vec<TcAttribute> {
+    let mut selector = TcU32Selector::default();
+    selector.flags = TcU32SelectorFlags::Terminal;
+    selector.nkeys = 1;
+    selector.keys = vec![TcU32Key::default()];
+    let mut mirred = TcMirror::default();
+    mirred.generic = TcActionGeneric::default();
+    mirred.generic.action = TcActionType::Stolen;
+    mirred.eaction = redirect;
+    mirred.ifindex = target;
+    let mut action = TcAction::default();
+    action.attributes = vec![
+        TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirred,
+        ))]),
+    ];
+    vec![
+        TcAttribute::Kind("u32".into()),
+        TcAttribute::Options(vec![
+            TcOption::U32(TcFilterU32Option::Selector(selector)),
+            TcOption::U32(TcFilterU32Option::Action(vec![action])),
+        ]),
+    ]
+}
+
+pub(super) fn link_msg(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+pub(super) fn flags_msg(index: u32, up: bool, promisc: bool) -> LinkMessage {
+    let mut msg = link_msg(index);
+    msg.header.change_mask = LinkFlags::Up | LinkFlags::Promisc;
+    let mut flags = LinkFlags::empty();
+    if up {
+        flags |= LinkFlags::Up;
+    }
+    if promisc {
+        flags |= LinkFlags::Promisc;
+    }
+    msg.header.flags = flags;
+    msg
+}
+
+pub(super) fn parse_link(msg: LinkMessage) -> Option<ObservedLink> {
+    let mut link = ObservedLink {
+        index: msg.header.index,
+        name: String::new(),
+        parent: None,
+        kind: None,
+        vlan_id: None,
+        mtu: 0,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        promisc: msg.header.flags.contains(LinkFlags::Promisc),
+        group: 0,
+        alias: None,
+        addr_gen_mode: None,
+        vxlan: None,
+    };
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Link(p) => link.parent = Some(p),
+            LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Group(g) => link.group = g,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a),
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                        LinkInfo::Data(InfoData::Vlan(v)) => {
+                            link.vlan_id = v.iter().find_map(|x| match x {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            })
+                        }
+                        LinkInfo::Data(InfoData::Vxlan(v)) => link.vxlan = Some(parse_vxlan(&v)),
+                        _ => {}
+                    }
+                }
+            }
+            LinkAttribute::AfSpecUnspec(specs) => {
+                for spec in specs {
+                    if let AfSpecUnspec::Inet6(inet6) = spec {
+                        for a in inet6 {
+                            if let AfSpecInet6::AddrGenMode(m) = a {
+                                link.addr_gen_mode = Some(u8::from(&m));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (!link.name.is_empty()).then_some(link)
+}
+
+pub(super) fn parse_vxlan(attrs: &[InfoVxlan]) -> ObservedVxlan {
+    let mut out = ObservedVxlan::default();
+    for a in attrs {
+        match a {
+            InfoVxlan::Id(id) => out.vni = Some(*id),
+            InfoVxlan::Local(ip) => out.local = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Local6(ip) => out.local = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Group(ip) => out.remote = Some(IpAddr::V4(*ip)),
+            InfoVxlan::Group6(ip) => out.remote = Some(IpAddr::V6(*ip)),
+            InfoVxlan::Port(p) => out.udp_port = Some(*p),
+            InfoVxlan::Learning(l) => out.learning = Some(*l),
+            InfoVxlan::Link(l) if *l != 0 => out.link = Some(*l),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The `IFLA_INFO_DATA` of vxcd's VXLAN device for a tunnel.
+pub(super) fn vxlan_attrs(t: &TunnelSpec, uplink: Option<u32>) -> Vec<InfoVxlan> {
+    let mut attrs = vec![InfoVxlan::Id(t.vni)];
+    attrs.push(match t.local {
+        IpAddr::V4(ip) => InfoVxlan::Local(ip),
+        IpAddr::V6(ip) => InfoVxlan::Local6(ip),
+    });
+    attrs.push(match t.remote {
+        IpAddr::V4(ip) => InfoVxlan::Group(ip),
+        IpAddr::V6(ip) => InfoVxlan::Group6(ip),
+    });
+    attrs.extend([
+        InfoVxlan::Port(t.udp_port),
+        InfoVxlan::Learning(false),
+        InfoVxlan::Proxy(false),
+        InfoVxlan::L2Miss(false),
+        InfoVxlan::L3Miss(false),
+    ]);
+    if let Some(link) = uplink {
+        attrs.push(InfoVxlan::Link(link));
+    }
+    attrs
+}
+
+/// Raw bytes of TCA_OPTIONS of a kind netlink-packet-route does not know (parsed as one
+/// `DefaultNla` holding the whole nest).
+pub(super) fn raw_options(attrs: &[TcAttribute]) -> Option<Vec<u8>> {
+    attrs.iter().find_map(|a| match a {
+        TcAttribute::Options(opts) => opts.iter().find_map(|o| match o {
+            TcOption::Other(nla) => {
+                let mut buf = vec![0u8; nla.value_len()];
+                nla.emit_value(&mut buf);
+                Some(buf)
+            }
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+pub(super) fn kind_of(attrs: &[TcAttribute]) -> String {
+    attrs
+        .iter()
+        .find_map(|a| match a {
+            TcAttribute::Kind(k) => Some(k.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn parse_pipe_filter(handle: u32, attrs: &[TcAttribute]) -> PipeFilter {
+    let mut filter = PipeFilter {
+        handle,
+        kind: kind_of(attrs),
+        redirect_to: None,
+        match_all: false,
+    };
+    for attr in attrs {
+        let TcAttribute::Options(opts) = attr else {
+            continue;
+        };
+        for opt in opts {
+            match opt {
+                TcOption::U32(TcFilterU32Option::Selector(sel)) => {
+                    filter.match_all = sel.flags.contains(TcU32SelectorFlags::Terminal)
+                        && !sel.keys.is_empty()
+                        && sel.keys.iter().all(|k| k.mask == 0);
+                }
+                TcOption::U32(TcFilterU32Option::Action(actions)) => {
+                    for action in actions {
+                        for a in &action.attributes {
+                            let TcActionAttribute::Options(aopts) = a else {
+                                continue;
+                            };
+                            for ao in aopts {
+                                if let TcActionOption::Mirror(TcActionMirrorOption::Parms(m)) = ao {
+                                    if m.eaction == TcMirrorActionType::EgressRedir
+                                        && m.generic.action == TcActionType::Stolen
+                                    {
+                                        filter.redirect_to = Some(m.ifindex);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    filter
+}
+
+/// Files a qdisc read from the kernel: a root qdisc (TBF options decoded) or an ingress one.
+pub(super) fn note_qdisc(
+    q: TcMessage,
+    root_qdiscs: &mut HashMap<u32, RootQdisc>,
+    ingress: &mut HashSet<u32>,
+) {
+    let index = q.header.index as u32;
+    let parent = u32::from(q.header.parent);
+    let kind = kind_of(&q.attributes);
+    if parent == TC_H_ROOT {
+        let tbf = if kind == "tbf" {
+            raw_options(&q.attributes).and_then(|o| tbf::decode_options(&o))
+        } else {
+            None
+        };
+        root_qdiscs.insert(
+            index,
+            RootQdisc {
+                handle: u32::from(q.header.handle),
+                kind,
+                tbf,
+            },
+        );
+    } else if parent == TC_H_INGRESS && kind == "ingress" {
+        ingress.insert(index);
+    }
+}

@@ -140,58 +140,59 @@ pub async fn scrape(reader: &Reader) -> Result<String, String> {
     let state_family = Family::<StateLabels, Gauge>::default();
     let rate = Family::<VxcLabels, Gauge>::default();
     type EndFamily = Family<EndLabels, Counter>;
-    let end_families: Vec<(&str, &str, EndFamily)> = vec![
-        (
-            "end_rx_bytes",
-            "Bytes the end interface received",
-            EndFamily::default(),
-        ),
+    type Read = fn(&crate::protocol::EndStatsView) -> Option<u64>;
+    // One row per counter family: its name, its help, and where an end's value comes from
+    // (`None`: the object is not in the kernel, so no sample).
+    let end_counters: [(&str, &str, Read); 10] = [
+        ("end_rx_bytes", "Bytes the end interface received", |e| {
+            e.counters.as_ref().map(|c| c.rx_bytes)
+        }),
         (
             "end_rx_packets",
             "Packets the end interface received",
-            EndFamily::default(),
+            |e| e.counters.as_ref().map(|c| c.rx_packets),
         ),
         (
             "end_rx_dropped",
             "Packets the end interface dropped on receive",
-            EndFamily::default(),
+            |e| e.counters.as_ref().map(|c| c.rx_dropped),
         ),
-        (
-            "end_tx_bytes",
-            "Bytes the end interface sent",
-            EndFamily::default(),
-        ),
-        (
-            "end_tx_packets",
-            "Packets the end interface sent",
-            EndFamily::default(),
-        ),
+        ("end_tx_bytes", "Bytes the end interface sent", |e| {
+            e.counters.as_ref().map(|c| c.tx_bytes)
+        }),
+        ("end_tx_packets", "Packets the end interface sent", |e| {
+            e.counters.as_ref().map(|c| c.tx_packets)
+        }),
         (
             "end_tx_dropped",
             "Packets the end interface dropped on send",
-            EndFamily::default(),
+            |e| e.counters.as_ref().map(|c| c.tx_dropped),
         ),
         (
             "shaper_sent_bytes",
             "Bytes the end's shaper (TBF) sent",
-            EndFamily::default(),
+            |e| e.shaper.as_ref().map(|s| s.sent_bytes),
         ),
         (
             "shaper_sent_packets",
             "Packets the end's shaper sent",
-            EndFamily::default(),
+            |e| e.shaper.as_ref().map(|s| s.sent_packets),
         ),
         (
             "shaper_drops",
             "Packets the end's shaper dropped (over the rate)",
-            EndFamily::default(),
+            |e| e.shaper.as_ref().map(|s| s.drops),
         ),
         (
             "shaper_overlimits",
             "Times the end's shaper was over its rate",
-            EndFamily::default(),
+            |e| e.shaper.as_ref().map(|s| s.overlimits),
         ),
     ];
+    let end_families: Vec<(&str, &str, Read, EndFamily)> = end_counters
+        .into_iter()
+        .map(|(name, help, read)| (name, help, read, EndFamily::default()))
+        .collect();
     let backlog = Family::<EndLabels, Gauge>::default();
     for vxc in &stats {
         state_family
@@ -209,35 +210,13 @@ pub async fn scrape(reader: &Reader) -> Result<String, String> {
                 vxc: vxc.id.clone(),
                 end: end.to_owned(),
             };
-            let mut values: Vec<Option<u64>> = vec![None; end_families.len()];
-            if let Some(c) = &view.counters {
-                for (i, v) in [
-                    c.rx_bytes,
-                    c.rx_packets,
-                    c.rx_dropped,
-                    c.tx_bytes,
-                    c.tx_packets,
-                    c.tx_dropped,
-                ]
-                .into_iter()
-                .enumerate()
-                {
-                    values[i] = Some(v);
-                }
-            }
             if let Some(s) = &view.shaper {
-                for (i, v) in [s.sent_bytes, s.sent_packets, s.drops, s.overlimits]
-                    .into_iter()
-                    .enumerate()
-                {
-                    values[6 + i] = Some(v);
-                }
                 backlog
                     .get_or_create(&labels)
                     .set(i64::try_from(s.backlog_bytes).unwrap_or(i64::MAX));
             }
-            for ((_, _, family), value) in end_families.iter().zip(values) {
-                if let Some(value) = value {
+            for (_, _, read, family) in &end_families {
+                if let Some(value) = read(view) {
                     family.get_or_create(&labels).inc_by(value);
                 }
             }
@@ -253,7 +232,7 @@ pub async fn scrape(reader: &Reader) -> Result<String, String> {
         "The VXC's rate limit, both directions",
         rate,
     );
-    for (name, help, family) in end_families {
+    for (name, help, _, family) in end_families {
         registry.register(name, help, family);
     }
     registry.register(

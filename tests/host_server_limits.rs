@@ -409,6 +409,28 @@ print(json.dumps({"open": len(socks)}))
 }
 
 /// 2000 keys, then an attacker with `pipes` connections pipelining key.list without reading and
+/// Stores keys `k-0` .. `k-{n-1}` (multi-use, a 64-character description each), 100 pipelined
+/// at a time: the answers must be read, since the daemon reads no further while one is unread.
+fn put_keys(d: &Daemon, n: usize) {
+    let mut c = d.client();
+    for chunk in 0..n.div_ceil(100) {
+        let keys = chunk * 100..((chunk + 1) * 100).min(n);
+        let mut batch = String::new();
+        for i in keys.clone() {
+            batch.push_str(
+                &json!({"op": "key.put", "key": {"key": format!("k-{i}"), "port": "syd-1",
+                    "single_use": false, "max_speed_mbps": 100, "description": "x".repeat(64)}})
+                .to_string(),
+            );
+            batch.push('\n');
+        }
+        c.send_raw(batch.as_bytes());
+        for _ in keys {
+            ok(c.read_answer().expect("key.put answer"));
+        }
+    }
+}
+
 /// `hangups` connections that each send one key.list and hang up; root's worst hello/key.put
 /// meanwhile and the daemon's VmHWM (kB).
 fn readers_attack(pipes: usize, hangups: usize) -> (Duration, u64) {
@@ -419,24 +441,8 @@ fn readers_attack(pipes: usize, hangups: usize) -> (Duration, u64) {
         "max_connections = 2000\nmax_connections_per_uid = 2000",
     );
     let pid = daemon_pid(&d);
-    // 2000 keys, 100 pipelined at a time (answers must be read: the daemon does not read on
-    // while an answer is unread). Every key.list answer is then about 300 KB.
-    let mut c = d.client();
-    for chunk in 0..20 {
-        let mut batch = String::new();
-        for i in chunk * 100..(chunk + 1) * 100 {
-            batch.push_str(
-                &json!({"op": "key.put", "key": {"key": format!("k-{i}"), "port": "syd-1",
-                    "single_use": false, "max_speed_mbps": 100, "description": "x".repeat(64)}})
-                .to_string(),
-            );
-            batch.push('\n');
-        }
-        c.send_raw(batch.as_bytes());
-        for _ in 0..100 {
-            ok(c.read_answer().expect("key.put answer"));
-        }
-    }
+    // Every key.list answer is then about 300 KB.
+    put_keys(&d, 2000);
     let script = r#"
 pipes = []
 for _ in range(int(sys.argv[2])):
@@ -499,23 +505,7 @@ fn every_reader_attack_at_once_leaves_root_fast_and_the_daemon_small() {
         "max_connections = 4000\nmax_connections_per_uid = 4000",
     );
     let pid = daemon_pid(&d);
-    let mut c = d.client();
-    for chunk in 0..80 {
-        let mut batch = String::new();
-        for i in chunk * 100..(chunk + 1) * 100 {
-            batch.push_str(
-                &json!({"op": "key.put", "key": {"key": format!("k-{i}"), "port": "syd-1",
-                    "single_use": false, "max_speed_mbps": 100, "description": "x".repeat(64)}})
-                .to_string(),
-            );
-            batch.push('\n');
-        }
-        c.send_raw(batch.as_bytes());
-        for _ in 0..100 {
-            ok(c.read_answer().expect("key.put answer"));
-        }
-    }
-    drop(c);
+    put_keys(&d, 8000);
     let log_before = d.log().len();
     let floods = r#"
 idle, partial, refused = [], [], 0

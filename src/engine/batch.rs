@@ -280,9 +280,9 @@ impl Engine {
                                 });
                             }
                         }
-                        Change::Updated { .. } => events.push(EventKind::VxcUpdated {
+                        Change::Updated { before, after } => events.push(EventKind::VxcUpdated {
                             vxc: vxc.id.to_string(),
-                            changed: vec![],
+                            changed: super::changed_fields(before, after),
                         }),
                         Change::Unchanged(_) => {}
                     }

@@ -58,6 +58,24 @@ fn missing_text(missing: &[(String, String)]) -> String {
     parts.join("; ")
 }
 
+/// The fields a VXC update changed, as `vxc_updated` events name them.
+pub(crate) fn changed_fields(before: &Vxc, after: &Vxc) -> Vec<String> {
+    [
+        ("name", before.name != after.name),
+        ("rate_mbps", before.rate_mbps != after.rate_mbps),
+        (
+            "service_level_ref",
+            before.service_level_ref != after.service_level_ref,
+        ),
+        ("a_end.vlan", before.a_end.vlan != after.a_end.vlan),
+        ("shutdown", before.shutdown != after.shutdown),
+    ]
+    .into_iter()
+    .filter(|(_, differs)| *differs)
+    .map(|(field, _)| field.to_owned())
+    .collect()
+}
+
 /// Whether this kernel can make 802.1Q subinterfaces: the module is loaded (or built in), or
 /// can be loaded on first use.
 pub fn kernel_has_8021q() -> bool {
@@ -400,6 +418,8 @@ impl Engine {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))
             }
+            // The server answers reads from the published state without the engine; they reach
+            // here only inside a non-atomic batch.
             read => match self.published.load().answer(&read) {
                 Some(answer) => answer,
                 None => Err(Failure::internal(format!("{read:?} has no handler"))),
@@ -517,20 +537,7 @@ impl Engine {
                     match (before.shutdown, after.shutdown) { (false, true) => ": shut down", (true, false) => ": enabled", _ => "" }
                 );
                 self.published.edit(|s| s.model.commit_vxc(plan));
-                let changed: Vec<String> = [
-                    ("name", before.name != after.name),
-                    ("rate_mbps", before.rate_mbps != after.rate_mbps),
-                    (
-                        "service_level_ref",
-                        before.service_level_ref != after.service_level_ref,
-                    ),
-                    ("a_end.vlan", moved),
-                    ("shutdown", before.shutdown != after.shutdown),
-                ]
-                .into_iter()
-                .filter(|(_, differs)| *differs)
-                .map(|(field, _)| field.to_owned())
-                .collect();
+                let changed = changed_fields(&before, &after);
                 self.events.emit(EventKind::VxcUpdated {
                     vxc: after.id.to_string(),
                     changed,

@@ -500,3 +500,89 @@ fn verify_names_the_peer_a_tunnel_was_pointed_at_by_hand() {
             .is_some_and(|r| r.contains("remote expected 10.99.0.2, observed 10.99.0.3"))
     });
 }
+
+#[test]
+fn an_atomic_batch_of_deletes_takes_the_links_down_at_once_and_never_a_foreign_one() {
+    let core = Core::new();
+    let ports: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            common::veth_local(&core.edge, &format!("c{i}"), &format!("h{i}"));
+            (format!("port-{i}"), format!("c{i}"))
+        })
+        .collect();
+    let port_refs: Vec<(&str, &str)> = ports
+        .iter()
+        .map(|(p, i)| (p.as_str(), i.as_str()))
+        .collect();
+    let d = Daemon::start(
+        &core.edge,
+        &port_refs,
+        "[core]\naddress = \"10.99.0.1\"\ninterface = \"core0\"\n",
+    );
+    ok(d.call(
+        json!({"op": "key.put", "key": {"key": "k-far", "port": "mel-1",
+        "host": "10.99.0.2", "single_use": false, "max_speed_mbps": 1000}}),
+    ));
+    let create = |vni0: u32| {
+        for i in 0..6u32 {
+            ok(d.call(
+                json!({"op": "vxc.put", "vxc": {"id": format!("v{i}"), "name": "bulk",
+                "service_key": "k-far", "rate_mbps": 10,
+                "a_end": {"port": format!("port-{i}"), "untagged": true}, "vni": vni0 + i}}),
+            ));
+        }
+    };
+    let deletes = json!({"op": "batch", "atomic": true,
+        "ops": (0..6).map(|i| json!({"op": "vxc.delete", "id": format!("v{i}")})).collect::<Vec<_>>()});
+    let tunnels = |vni0: u32| -> Vec<bool> {
+        (0..6)
+            .map(|i| link(&core.edge, &format!("vxc{}", vni0 + i)).is_some())
+            .collect()
+    };
+
+    create(100);
+    assert_eq!(tunnels(100), [true; 6]);
+    let answer = ok(d.call(deletes.clone()));
+    assert_eq!(answer["applied"], json!(true), "{answer}");
+    assert_eq!(tunnels(100), [false; 6], "the tunnels outlived the batch");
+    assert!(
+        d.log()
+            .contains("deleted 6 links at once (group 1073772643)"),
+        "{}",
+        d.log()
+    );
+    let qdiscs = core.edge.tc(&["qdisc", "show"]);
+    assert!(!qdiscs.contains("7863:"), "{qdiscs}");
+    assert_eq!(ok(d.call(json!({"op": "vxc.list"})))["vxcs"], json!([]));
+
+    // A link of someone else's in the doomed group: the group is not deleted at once.
+    create(200);
+    core.edge.ip(&[
+        "link",
+        "add",
+        "theirs",
+        "group",
+        "1073772643",
+        "type",
+        "vxlan",
+        "id",
+        "999",
+        "dstport",
+        "4789",
+        "local",
+        "10.99.0.1",
+        "remote",
+        "10.99.0.2",
+    ]);
+    ok(d.call(deletes));
+    assert_eq!(tunnels(200), [false; 6]);
+    assert!(
+        link(&core.edge, "theirs").is_some(),
+        "a foreign link in the doomed group was deleted"
+    );
+    assert!(
+        d.log().contains("holds links vxcd is not deleting"),
+        "{}",
+        d.log()
+    );
+}

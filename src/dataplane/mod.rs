@@ -116,6 +116,15 @@ pub const ALIAS_PREFIX: &str = "vxcd:";
 /// Default `IFLA_GROUP` of vxcd-owned links.
 pub const DEFAULT_OWNER_GROUP: u32 = 0x7863;
 
+/// The group vxcd moves its links into just before deleting them all at once
+/// ([`Dataplane::remove_many`]): the owner group with bit 30 flipped (30819 -> 1073772643; bit
+/// 31 would put it beyond what iproute2 can show). A link there that carries vxcd's alias is
+/// still vxcd's (a crash between the move and the deletion leaves an orphan or an end to adopt,
+/// never a leak).
+pub fn doomed_group(owner_group: u32) -> u32 {
+    owner_group ^ 0x4000_0000
+}
+
 /// One end of a VXC as the daemon knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndSpec {
@@ -354,9 +363,9 @@ pub struct ObservedVxlan {
 }
 
 impl ObservedLink {
-    /// Marked as vxcd's: owner group and `vxcd:` alias.
+    /// Marked as vxcd's: owner group (or its doomed twin, [`doomed_group`]) and `vxcd:` alias.
     pub fn is_owned(&self, owner_group: u32) -> bool {
-        self.group == owner_group
+        (self.group == owner_group || self.group == doomed_group(owner_group))
             && self
                 .alias
                 .as_deref()

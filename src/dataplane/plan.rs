@@ -302,6 +302,9 @@ fn tunnel_discrepancies<'a>(
             differs(out, &object, "mtu", mtu, l.mtu);
         }
     }
+    if l.group != group {
+        differs(out, &object, "group", group, l.group);
+    }
     let alias = owner_alias(&vxc.id, side);
     if l.alias.as_deref() != Some(alias.as_str()) {
         differs(
@@ -768,5 +771,28 @@ mod tests {
             ["link eth1.3999 (half-made: owner group, no alias yet)"],
             "{plan:?}"
         );
+    }
+
+    /// A crash between moving links into the doomed group and deleting the group leaves links
+    /// that are still vxcd's by their alias: orphans. A link in that group without vxcd's alias
+    /// is someone else's.
+    #[test]
+    fn links_left_in_the_doomed_group_are_orphans_and_foreign_ones_are_not() {
+        let cfg = DataplaneConfig::default();
+        let doomed = crate::dataplane::doomed_group(cfg.owner_group);
+        let mut ours = link(3, "eth1.300", Some(2), Some(300), doomed);
+        ours.alias = Some("vxcd:v-1:a".into());
+        let theirs = link(4, "eth1.301", Some(2), Some(301), doomed);
+        let links = vec![link(2, "eth1", None, None, 0), ours, theirs];
+        let obs = Observed::new(
+            cfg,
+            links,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
+        let plan = plan(&[], &obs);
+        let names: Vec<String> = plan.orphans.iter().map(|o| o.to_string()).collect();
+        assert_eq!(names, ["link eth1.300 (vxcd:v-1:a)"], "{plan:?}");
     }
 }

@@ -121,6 +121,11 @@ impl Dataplane {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
             fields.push(format!("mtu {mtu}"));
         }
+        if l.group != self.cfg.owner_group {
+            msg.attributes
+                .push(LinkAttribute::Group(self.cfg.owner_group));
+            fields.push("group".into());
+        }
         if l.alias.as_deref() != Some(alias.as_str()) {
             msg.attributes.push(LinkAttribute::IfAlias(alias));
             fields.push("alias".into());

@@ -6,7 +6,8 @@
 //!   (each sees the ones before it); then the kernel work is done op by op, and undone in reverse
 //!   if any step is refused; then every record goes to disk in **one** journal entry (one
 //!   `fdatasync` for the whole batch: a crash before it leaves nothing acknowledged, replay sees
-//!   the entry whole or not at all); only then is the scratch model published. A kill -9 in the
+//!   the entry whole or not at all); only then is the scratch model published. A run of deletes
+//!   takes their links down at once (`Dataplane::remove_many`: the kernel's bulk path). A kill -9 in the
 //!   middle leaves kernel objects that belong to no VXC in the state: the start's convergence
 //!   removes them as orphans.
 //!
@@ -148,7 +149,38 @@ impl Engine {
         // 2. The kernel, op by op, undone in reverse on the first refusal.
         let mut done: Vec<Done> = Vec::new();
         let mut states: Vec<(crate::domain::VxcId, Option<VxcState>)> = Vec::new();
-        for (i, step) in steps.iter().enumerate() {
+        let mut i = 0;
+        while i < steps.len() {
+            // A run of deletes takes the kernel's bulk path: their links go in one deletion.
+            let run = steps[i..]
+                .iter()
+                .take_while(|s| matches!(s, Step::Delete(_)))
+                .count();
+            if run >= 2 {
+                let mut specs = Vec::with_capacity(run);
+                for step in &steps[i..i + run] {
+                    if let Step::Delete(vxc) = step {
+                        let was_up =
+                            self.published.load().states.get(&vxc.id) == Some(&VxcState::Up);
+                        specs.extend(scratch.spec(vxc).map(|spec| (spec, was_up)));
+                        states.push((vxc.id.clone(), None));
+                    }
+                }
+                let all: Vec<VxcSpec> = specs.iter().map(|(spec, _)| spec.clone()).collect();
+                if let Err(e) = self.dataplane.remove_many(&all).await {
+                    self.undo_batch(done).await;
+                    return refused(i, &Failure::dataplane(e.to_string()));
+                }
+                done.extend(
+                    specs
+                        .into_iter()
+                        .filter(|(_, was_up)| *was_up)
+                        .map(|(spec, _)| Done::Removed(spec)),
+                );
+                i += run;
+                continue;
+            }
+            let step = &steps[i];
             let outcome = match step {
                 Step::Key(_) => Ok(()),
                 Step::Vxc {
@@ -214,6 +246,7 @@ impl Engine {
                 self.undo_batch(done).await;
                 return refused(i, &failure);
             }
+            i += 1;
         }
         // 3. One journal entry for the whole batch.
         let mut records = Vec::new();

@@ -109,6 +109,17 @@ socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/dels > /tmp/s/answers
 t1=$(now)
 echo "$N vxc.delete back to back: $(grep -c '"ok":true' /tmp/s/answers) ok in $(awk "BEGIN{print $t1 - $t0}") s"
 echo "links left in the edge namespace: $($IP -n edge -o link show | wc -l)"
+# The same N again, deleted in one atomic batch: a run of deletes takes the kernel's bulk path.
+socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/puts > /tmp/s/answers
+echo "$N vxc.put again: $(grep -c '"ok":true' /tmp/s/answers) ok"
+{ printf '{"op":"batch","atomic":true,"ops":['; i=1; while [ $i -le $N ]; do
+    [ $i -gt 1 ] && printf ','; printf '{"op":"vxc.delete","id":"v-%s"}' $i; i=$((i+1)); done
+  printf ']}\n'; } > /tmp/s/batchdel
+t0=$(now)
+socat -t 600 - UNIX-CONNECT:/tmp/s/control.sock < /tmp/s/batchdel > /tmp/s/answers
+t1=$(now)
+echo "$N vxc.delete in one atomic batch: applied $(grep -c '"applied":true' /tmp/s/answers) in $(awk "BEGIN{print $t1 - $t0}") s"
+echo "links left in the edge namespace: $($IP -n edge -o link show | wc -l)"
 kill -TERM $VXCD; wait $VXCD || true
 
 # ---- the same N across hosts: each VXC's B-End on the peer (far), one VXLAN device per VXC ----

@@ -650,7 +650,7 @@ pub fn render_status(result: &Value) -> Result<String, String> {
             .collect();
         vxcs = format!("{vxcs} ({})", states.join(", "));
     }
-    Ok(field_list(&[
+    let mut fields = vec![
         ("version", status.version),
         ("uptime", duration_text(status.uptime_s)),
         ("ports", status.ports.to_string()),
@@ -660,15 +660,16 @@ pub fn render_status(result: &Value) -> Result<String, String> {
         ("last reconcile", or_dash(status.last_reconcile)),
         ("drift repairs", status.drift_repairs.to_string()),
         ("inspector", inspector_text(&status.inspector)),
-        ("core", core_text(status.core.as_ref())),
-    ]))
+    ];
+    // A host without `[core]` reads as it always did.
+    if let Some(core) = &status.core {
+        fields.push(("core", core_text(core)));
+    }
+    Ok(field_list(&fields))
 }
 
 /// `status.core` on one line: the address, the tunnels, and any MTU shortfall.
-fn core_text(core: Option<&crate::protocol::CoreView>) -> String {
-    let Some(core) = core else {
-        return "none (VXCs between this host's ports only)".into();
-    };
+fn core_text(core: &crate::protocol::CoreView) -> String {
     let uplink = match (&core.interface, core.interface_mtu) {
         (Some(i), Some(mtu)) => format!(" via {i} (MTU {mtu})"),
         (Some(i), None) => format!(" via {i}"),
@@ -912,18 +913,24 @@ pub fn render_vxc(result: &Value) -> Result<String, String> {
         // Shut down while pending or failed: say both.
         state.push_str(", shutdown: yes");
     }
-    Ok(field_list(&[
+    let mut fields = vec![
         ("id", v.id),
         ("name", v.name),
         ("state", state),
         ("rate", mbps(v.rate_mbps)),
         ("a-end", end_text(&v.a_end)),
         ("b-end", end_text(&v.b_end)),
-        ("vni", v.vni.map_or("-".into(), |n| n.to_string())),
+    ];
+    // Only a VXC with an end on a peer has a VNI: the others read as they always did.
+    if let Some(vni) = v.vni {
+        fields.push(("vni", vni.to_string()));
+    }
+    fields.extend([
         ("service key", v.service_key),
         ("service level ref", or_dash(v.service_level_ref)),
         ("created at", v.created_at),
-    ]))
+    ]);
+    Ok(field_list(&fields))
 }
 
 /// `vxc.delete`: one line naming what went.
@@ -1361,6 +1368,27 @@ mod tests {
             ..end
         };
         assert_eq!(end_text(&end), "syd-1@10.99.0.2/100 (vxc17)");
+    }
+
+    #[test]
+    fn a_vxc_across_hosts_shows_the_peer_the_tunnel_and_the_vni() {
+        let view = serde_json::json!({"vxc": {"id": "v-1", "name": "n", "service_key": "k-1",
+            "rate_mbps": 100, "service_level_ref": null, "state": "up",
+            "created_at": "2026-11-26T10:00:00Z", "shutdown": false, "vni": 17,
+            "a_end": {"port": "syd-1", "vlan": 200, "untagged": false, "interface": "eth1.200",
+                "host": null},
+            "b_end": {"port": "mel-1", "vlan": 100, "interface": "vxc17",
+                "host": "10.99.0.2"}}});
+        let text = render_vxc(&view).unwrap();
+        assert!(
+            text.contains("a-end:             syd-1/200 (eth1.200)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b-end:             mel-1@10.99.0.2/100 (vxc17)\n"),
+            "{text}"
+        );
+        assert!(text.contains("vni:               17\n"), "{text}");
     }
 
     #[test]

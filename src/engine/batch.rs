@@ -17,7 +17,7 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::{Engine, EventKind, Record, VxcState};
+use super::{Engine, EventKind, Journal, Kernel, Record, VxcState};
 use crate::dataplane::VxcSpec;
 use crate::domain::{Change, ServiceKey, Vxc};
 use crate::protocol::{failure_value, Failure, Op};
@@ -51,7 +51,7 @@ fn not_applied(index: usize, failed: usize) -> Value {
         "op {index} not applied: the atomic batch was refused at op {failed}")}})
 }
 
-impl Engine {
+impl<K: Kernel, J: Journal> Engine<K, J> {
     pub(super) async fn batch(
         &mut self,
         ops: Vec<Op>,

@@ -7,9 +7,13 @@
 
 mod batch;
 mod events;
+mod journal;
+mod kernel;
 mod read;
 mod record;
 mod sync;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,13 +32,17 @@ use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
 pub use events::{report_violations, Event, EventKind, Events, Subscription, RING_SIZE};
+pub use journal::Journal;
+pub use kernel::Kernel;
 pub use read::{is_read, rfc3339, Published, ReadState, Reader, VxcState};
 pub use record::{load_state, Loaded, Record, Snapshot};
 pub use verify::run_verify;
 
-pub struct Engine {
-    store: Store<Record>,
-    dataplane: Dataplane,
+/// Generic over its two seams so that its transactions are unit-tested without root
+/// (`engine/tests.rs`); the daemon's is `Engine<Dataplane, Store<Record>>`.
+pub struct Engine<K = Dataplane, J = Store<Record>> {
+    store: J,
+    dataplane: K,
     /// The model and what readers see, edited only here, after each commit.
     published: Published,
     /// False: observe-only, drift is reported but not repaired.
@@ -93,7 +101,7 @@ pub fn kernel_has_8021q() -> bool {
     })
 }
 
-fn store_status(store: &Store<Record>, error: Option<String>) -> StoreStatus {
+fn store_status(store: &impl Journal, error: Option<String>) -> StoreStatus {
     StoreStatus {
         ok: error.is_none(),
         error,
@@ -103,14 +111,8 @@ fn store_status(store: &Store<Record>, error: Option<String>) -> StoreStatus {
     }
 }
 
-impl Engine {
-    pub fn new(
-        model: Model,
-        store: Store<Record>,
-        dataplane: Dataplane,
-        ports: &[Port],
-        repair: bool,
-    ) -> Self {
+impl<K: Kernel, J: Journal> Engine<K, J> {
+    pub fn new(model: Model, store: J, dataplane: K, ports: &[Port], repair: bool) -> Self {
         let published = Published::new(ReadState {
             model,
             ports: ports
@@ -141,7 +143,7 @@ impl Engine {
     }
 
     /// The read side, for the server: answers from what this engine publishes.
-    pub fn reader(&self) -> Reader {
+    pub fn reader(&self) -> Reader<K> {
         Reader::new(self.published.clone(), self.dataplane.clone())
     }
 
@@ -620,11 +622,7 @@ impl Engine {
     /// Makes records durable. Compaction is left to [`Engine::handle`], after the commit.
     fn persist(&mut self, records: &[Record]) -> Result<(), Failure> {
         let started = Instant::now();
-        let written = if records.len() == 1 {
-            self.store.append(&records[0])
-        } else {
-            self.store.append_batch(records)
-        };
+        let written = self.store.append_batch(records);
         crate::metrics::daemon()
             .store_write_seconds
             .observe(started.elapsed().as_secs_f64());

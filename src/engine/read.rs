@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::Kernel;
 use crate::config::Core;
 use crate::dataplane::{self, Dataplane, EndSpec, TunnelSpec, VxcSpec};
 use crate::domain::{Model, PortName, RuleError, ServiceKey, Vxc, VxcId};
@@ -467,15 +468,15 @@ impl ReadState {
 
 /// Answers reads for the server, without the engine lock.
 #[derive(Clone)]
-pub struct Reader {
+pub struct Reader<K = Dataplane> {
     published: Published,
     /// A second handle on the engine's netlink socket, for `port.list`'s link lookups (requests
     /// are pipelined on the socket; the engine's lock is not needed to ask).
-    dataplane: Dataplane,
+    dataplane: K,
 }
 
-impl Reader {
-    pub fn new(published: Published, dataplane: Dataplane) -> Self {
+impl<K: Kernel> Reader<K> {
+    pub fn new(published: Published, dataplane: K) -> Self {
         Reader {
             published,
             dataplane,

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashSet};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::{Engine, EventKind, Record};
+use super::{Engine, EventKind, Journal, Kernel, Record};
 use crate::domain::{Change, KeyRequest, RuleError, VxcRequest};
 use crate::protocol::Failure;
 
@@ -75,7 +75,7 @@ fn duplicates<'a>(what: &str, ids: impl Iterator<Item = &'a str>) -> Result<(), 
     Ok(())
 }
 
-impl Engine {
+impl<K: Kernel, J: Journal> Engine<K, J> {
     pub(super) async fn sync(
         &mut self,
         generation: u64,

@@ -1,0 +1,582 @@
+//! The engine's transactions without root: an in-memory kernel that can refuse, and a real
+//! store in a temporary directory whose next writes can be made to fail as on a full disk.
+//! What each test asserts is what an operator relies on: an answer means the change is in the
+//! kernel and on disk; a refusal (by the rules, the kernel or the disk) changes nothing in
+//! either. The same paths on a real kernel are the host tier's (`tests/host_daemon.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use super::{load_state, Engine, Journal, Kernel, Record, VxcState};
+use crate::config::Port;
+use crate::dataplane::{
+    ApplyReport, Change as KernelChange, ConvergeReport, DataplaneError, EndCounters, ObjectChange,
+    Observed, Orphan, Side, VxcOutcome, VxcSpec,
+};
+use crate::domain::PortName;
+use crate::protocol::{parse_request, Failure};
+use crate::store::{Compaction, Store, StoreError};
+
+/// What the fake kernel holds and what it was asked, in order.
+#[derive(Default)]
+struct KernelState {
+    /// The VXCs programmed, by id, as last applied.
+    vxcs: BTreeMap<String, VxcSpec>,
+    /// Port interfaces that exist.
+    present: BTreeSet<String>,
+    /// VXC ids whose apply the kernel refuses.
+    refuse: BTreeSet<String>,
+    calls: Vec<String>,
+}
+
+/// A kernel in memory: a VXC is either wholly programmed or absent, as the dataplane's per-VXC
+/// atomicity promises.
+#[derive(Clone, Default)]
+struct FakeKernel(Arc<Mutex<KernelState>>);
+
+impl FakeKernel {
+    fn with_ports(interfaces: &[&str]) -> Self {
+        let kernel = FakeKernel::default();
+        kernel.lock().present = interfaces.iter().map(|i| i.to_string()).collect();
+        kernel
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, KernelState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn programmed(&self) -> Vec<String> {
+        self.lock().vxcs.keys().cloned().collect()
+    }
+
+    fn spec(&self, id: &str) -> Option<VxcSpec> {
+        self.lock().vxcs.get(id).cloned()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    fn missing(&self, spec: &VxcSpec) -> Vec<(String, String)> {
+        let state = self.lock();
+        [&spec.a, &spec.b]
+            .into_iter()
+            .filter(|end| end.tunnel.is_none() && !state.present.contains(&end.interface))
+            .map(|end| (end.port.clone(), end.interface.clone()))
+            .collect()
+    }
+}
+
+impl Kernel for FakeKernel {
+    async fn apply(&self, spec: &VxcSpec) -> Result<ApplyReport, DataplaneError> {
+        if let Some((port, interface)) = self.missing(spec).into_iter().next() {
+            return Err(DataplaneError::PortMissing { port, interface });
+        }
+        let mut state = self.lock();
+        state
+            .calls
+            .push(format!("apply {} {}", spec.id, spec.rate_mbps));
+        if state.refuse.contains(&spec.id) {
+            return Err(DataplaneError::Foreign {
+                object: format!("end link of VXC {}", spec.id),
+                detail: "a link of another owner has its name".into(),
+            });
+        }
+        let before = state.vxcs.insert(spec.id.clone(), spec.clone());
+        let changes = match before {
+            Some(old) if old == *spec => vec![],
+            _ => vec![KernelChange {
+                object: format!("VXC {}", spec.id),
+                change: ObjectChange::Created,
+            }],
+        };
+        Ok(ApplyReport {
+            vxc_id: spec.id.clone(),
+            changes,
+        })
+    }
+
+    async fn remove(&self, spec: &VxcSpec) -> Result<(), DataplaneError> {
+        let mut state = self.lock();
+        state.calls.push(format!("remove {}", spec.id));
+        state.vxcs.remove(&spec.id);
+        Ok(())
+    }
+
+    async fn remove_end(&self, spec: &VxcSpec, side: Side) -> Result<(), DataplaneError> {
+        let end = spec.end(side);
+        self.lock().calls.push(format!(
+            "remove_end {} {} vlan {:?}",
+            spec.id,
+            side.as_str(),
+            end.vlan
+        ));
+        Ok(())
+    }
+
+    async fn remove_many(&self, specs: &[VxcSpec]) -> Result<(), DataplaneError> {
+        let mut state = self.lock();
+        state.calls.push(format!("remove_many {}", specs.len()));
+        for spec in specs {
+            state.vxcs.remove(&spec.id);
+        }
+        Ok(())
+    }
+
+    async fn converge(&self, desired: &[VxcSpec]) -> Result<ConvergeReport, DataplaneError> {
+        let mut report = ConvergeReport::default();
+        for spec in desired {
+            let missing = self.missing(spec);
+            let outcome = if !missing.is_empty() {
+                VxcOutcome::Pending(missing)
+            } else {
+                match self.apply(spec).await {
+                    Ok(applied) if applied.is_noop() => VxcOutcome::Ok,
+                    Ok(applied) => VxcOutcome::Repaired(applied),
+                    Err(e) => VxcOutcome::Failed(e),
+                }
+            };
+            report.vxcs.push((spec.id.clone(), outcome));
+        }
+        let mut state = self.lock();
+        let wanted: BTreeSet<&str> = desired.iter().map(|s| s.id.as_str()).collect();
+        let orphans: Vec<String> = state
+            .vxcs
+            .keys()
+            .filter(|id| !wanted.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in orphans {
+            state.vxcs.remove(&id);
+            report.orphans_removed.push(Orphan::Link {
+                index: 0,
+                name: format!("end of {id}"),
+                alias: format!("vxcd:{id}:a"),
+            });
+        }
+        Ok(report)
+    }
+
+    async fn observe(&self) -> Result<Observed, DataplaneError> {
+        Err(DataplaneError::Connection(
+            "observe-only passes read a real kernel (host tier)".into(),
+        ))
+    }
+
+    async fn link_mtu(&self, _name: &str) -> Result<Option<u32>, DataplaneError> {
+        Ok(None)
+    }
+
+    async fn port_ipv6_off(&self, name: &str) -> Result<Option<bool>, DataplaneError> {
+        Ok(self.lock().present.contains(name).then_some(true))
+    }
+
+    async fn end_counters(&self, _name: &str) -> Result<EndCounters, DataplaneError> {
+        Ok(EndCounters::default())
+    }
+
+    fn set_port_interfaces(&mut self, _interfaces: Vec<String>) {}
+}
+
+/// The real store, with a switch that makes the next appends fail with ENOSPC before anything
+/// is written, as a full disk does.
+struct FaultyJournal {
+    store: Store<Record>,
+    fail_next: Arc<AtomicUsize>,
+}
+
+impl Journal for FaultyJournal {
+    fn append_batch(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let failing = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(StoreError::Io {
+                action: "appending to journal",
+                path: self.store.dir().join("journal.log"),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            });
+        }
+        self.store.append_batch(records)
+    }
+    fn failure(&self) -> Option<&str> {
+        self.store.failure()
+    }
+    fn recover(&mut self) -> Result<(), StoreError> {
+        self.store.recover()
+    }
+    fn dir(&self) -> &Path {
+        self.store.dir()
+    }
+    fn last_seq(&self) -> u64 {
+        self.store.last_seq()
+    }
+    fn journal_len(&self) -> usize {
+        self.store.journal_len()
+    }
+    fn begin_compaction(&mut self) -> Result<Compaction, StoreError> {
+        self.store.begin_compaction()
+    }
+    fn finish_compaction(&mut self, written: Result<(), StoreError>) -> Result<(), StoreError> {
+        self.store.finish_compaction(written)
+    }
+}
+
+fn ports() -> Vec<Port> {
+    [("syd-1", "p1"), ("syd-2", "p2")]
+        .into_iter()
+        .map(|(name, interface)| Port {
+            name: PortName::parse("port", name).unwrap(),
+            interface: interface.into(),
+        })
+        .collect()
+}
+
+struct Rig {
+    engine: Engine<FakeKernel, FaultyJournal>,
+    kernel: FakeKernel,
+    fail_next: Arc<AtomicUsize>,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::open(dir, FakeKernel::with_ports(&["p1", "p2"]))
+    }
+
+    /// The engine over the state in `dir`, as the daemon starts it.
+    fn open(dir: tempfile::TempDir, kernel: FakeKernel) -> Self {
+        let loaded = load_state(dir.path(), &ports()).unwrap();
+        let fail_next = Arc::new(AtomicUsize::new(0));
+        let journal = FaultyJournal {
+            store: loaded.store,
+            fail_next: fail_next.clone(),
+        };
+        let engine = Engine::new(loaded.model, journal, kernel.clone(), &ports(), true);
+        Rig {
+            engine,
+            kernel,
+            fail_next,
+            dir,
+        }
+    }
+
+    /// Stops the engine and starts another over the same state directory and kernel.
+    fn restart(self) -> Self {
+        let Rig {
+            engine,
+            kernel,
+            dir,
+            ..
+        } = self;
+        drop(engine);
+        Self::open(dir, kernel)
+    }
+
+    async fn send(&mut self, request: Value) -> Result<Value, Failure> {
+        let line = serde_json::to_vec(&request).unwrap();
+        let op = parse_request(&line).map_err(|(_, f)| f)?.op;
+        self.engine.handle(op).await
+    }
+
+    async fn ok(&mut self, request: Value) -> Value {
+        match self.send(request.clone()).await {
+            Ok(answer) => answer,
+            Err(f) => panic!("{request} refused: {} {}", f.code, f.message),
+        }
+    }
+
+    async fn refused(&mut self, request: Value) -> Failure {
+        match self.send(request.clone()).await {
+            Ok(answer) => panic!("{request} answered {answer}"),
+            Err(f) => f,
+        }
+    }
+
+    fn vxc_ids(&self) -> Vec<String> {
+        let state = self.engine.reader().state();
+        state.model.vxcs().map(|v| v.id.to_string()).collect()
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.engine.reader().state().store.last_seq
+    }
+
+    fn state_of(&self, id: &str) -> Option<VxcState> {
+        let state = self.engine.reader().state();
+        state
+            .states
+            .iter()
+            .find(|(v, _)| v.as_str() == id)
+            .map(|(_, s)| s.clone())
+    }
+}
+
+fn key(id: &str, port: &str, vlan: u16) -> Value {
+    json!({"op": "key.put", "key": {"key": id, "port": port, "single_use": true,
+        "max_speed_mbps": 1000, "vlan": vlan}})
+}
+
+fn vxc(id: &str, key: &str, a_vlan: u16, rate: u32) -> Value {
+    json!({"op": "vxc.put", "vxc": {"id": id, "name": format!("vxc {id}"), "service_key": key,
+        "rate_mbps": rate, "a_end": {"port": "syd-2", "vlan": a_vlan}}})
+}
+
+fn delete(id: &str) -> Value {
+    json!({"op": "vxc.delete", "id": id})
+}
+
+/// A rig with key k-1 (VLAN 200 on syd-1) redeemed by VXC v-1 (VLAN 300 on syd-2, 100 Mbit/s).
+async fn with_v1() -> Rig {
+    let mut rig = Rig::new();
+    rig.ok(key("k-1", "syd-1", 200)).await;
+    rig.ok(vxc("v-1", "k-1", 300, 100)).await;
+    rig
+}
+
+#[tokio::test]
+async fn a_created_vxc_is_in_the_kernel_on_disk_and_published_up() {
+    let rig = with_v1().await;
+    let spec = rig.kernel.spec("v-1").expect("v-1 programmed");
+    assert_eq!((spec.a.interface.as_str(), spec.a.vlan), ("p2", Some(300)));
+    assert_eq!((spec.b.interface.as_str(), spec.b.vlan), ("p1", Some(200)));
+    assert_eq!(rig.state_of("v-1"), Some(VxcState::Up));
+    let rig = rig.restart();
+    assert_eq!(
+        rig.vxc_ids(),
+        ["v-1"],
+        "the acknowledged VXC survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn a_kernel_refusal_stores_nothing_and_leaves_the_key_unused() {
+    let mut rig = Rig::new();
+    rig.ok(key("k-1", "syd-1", 200)).await;
+    let seq = rig.last_seq();
+    rig.kernel.lock().refuse.insert("v-1".into());
+    let failure = rig.refused(vxc("v-1", "k-1", 300, 100)).await;
+    assert_eq!(failure.code, "dataplane", "{}", failure.message);
+    assert!(failure.message.contains("VXC v-1"), "{}", failure.message);
+    assert!(rig.kernel.programmed().is_empty());
+    assert_eq!(rig.last_seq(), seq, "nothing written");
+    assert!(rig.vxc_ids().is_empty());
+    // The single-use key was not spent: once the kernel takes it, the same request works.
+    rig.kernel.lock().refuse.clear();
+    rig.ok(vxc("v-1", "k-1", 300, 100)).await;
+    assert_eq!(rig.kernel.programmed(), ["v-1"]);
+}
+
+#[tokio::test]
+async fn a_vxc_on_a_missing_port_interface_is_stored_pending_and_comes_up_on_reconcile() {
+    let mut rig = Rig::new();
+    rig.kernel.lock().present.remove("p2");
+    rig.ok(key("k-1", "syd-1", 200)).await;
+    rig.ok(vxc("v-1", "k-1", 300, 100)).await;
+    match rig.state_of("v-1") {
+        Some(VxcState::Pending(why)) => assert!(why.contains("p2"), "{why}"),
+        other => panic!("expected pending, got {other:?}"),
+    }
+    assert!(rig.kernel.programmed().is_empty());
+    rig.kernel.lock().present.insert("p2".into());
+    rig.engine.reconcile().await;
+    assert_eq!(rig.state_of("v-1"), Some(VxcState::Up));
+    assert_eq!(rig.kernel.programmed(), ["v-1"]);
+}
+
+#[tokio::test]
+async fn a_failed_write_on_create_takes_the_vxc_out_of_the_kernel_again() {
+    let mut rig = Rig::new();
+    rig.ok(key("k-1", "syd-1", 200)).await;
+    let seq = rig.last_seq();
+    rig.fail_next.store(1, Ordering::SeqCst);
+    let failure = rig.refused(vxc("v-1", "k-1", 300, 100)).await;
+    assert_eq!(failure.code, "internal", "{}", failure.message);
+    assert!(
+        failure
+            .message
+            .contains("state not written, nothing changed"),
+        "{}",
+        failure.message
+    );
+    assert_eq!(rig.kernel.calls(), ["apply v-1 100", "remove v-1"]);
+    assert!(rig.kernel.programmed().is_empty());
+    assert!(rig.vxc_ids().is_empty());
+    assert_eq!(rig.last_seq(), seq);
+    let rig = rig.restart();
+    assert!(
+        rig.vxc_ids().is_empty(),
+        "nothing of the refused put on disk"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_write_on_a_key_changes_nothing() {
+    let mut rig = Rig::new();
+    rig.fail_next.store(1, Ordering::SeqCst);
+    let failure = rig.refused(key("k-1", "syd-1", 200)).await;
+    assert_eq!(failure.code, "internal");
+    assert_eq!(rig.engine.reader().state().model.keys().count(), 0);
+    // The same VLAN is still free for the key once the disk takes it.
+    rig.ok(key("k-1", "syd-1", 200)).await;
+    assert_eq!(rig.engine.reader().state().model.keys().count(), 1);
+}
+
+#[tokio::test]
+async fn a_rate_change_reprograms_in_place_and_a_failed_write_restores_the_old_rate() {
+    let mut rig = with_v1().await;
+    rig.kernel.calls();
+    rig.ok(vxc("v-1", "k-1", 300, 50)).await;
+    assert_eq!(rig.kernel.calls(), ["apply v-1 50"], "no remove: in place");
+    assert_eq!(rig.kernel.spec("v-1").map(|s| s.rate_mbps), Some(50));
+
+    rig.fail_next.store(1, Ordering::SeqCst);
+    rig.refused(vxc("v-1", "k-1", 300, 20)).await;
+    assert_eq!(rig.kernel.calls(), ["apply v-1 20", "apply v-1 50"]);
+    assert_eq!(rig.kernel.spec("v-1").map(|s| s.rate_mbps), Some(50));
+    let rig = rig.restart();
+    let state = rig.engine.reader().state();
+    let rate = state.model.vxcs().next().map(|v| v.rate_mbps);
+    assert_eq!(rate, Some(50), "the acknowledged rate is the stored one");
+}
+
+#[tokio::test]
+async fn an_a_end_vlan_move_makes_the_new_end_before_removing_the_old() {
+    let mut rig = with_v1().await;
+    rig.kernel.calls();
+    rig.ok(vxc("v-1", "k-1", 301, 100)).await;
+    assert_eq!(
+        rig.kernel.calls(),
+        ["apply v-1 100", "remove_end v-1 a vlan Some(300)"]
+    );
+    assert_eq!(rig.kernel.spec("v-1").and_then(|s| s.a.vlan), Some(301));
+    let port = rig
+        .engine
+        .reader()
+        .state()
+        .model
+        .ports()
+        .find(|p| p.name.as_str() == "syd-2")
+        .map(|p| p.vlans.iter().map(|v| v.get()).collect::<Vec<_>>());
+    assert_eq!(port, Some(vec![301]), "VLAN 300 is free again on syd-2");
+}
+
+#[tokio::test]
+async fn a_delete_leaves_the_kernel_then_the_state_and_a_failed_write_puts_it_back() {
+    let mut rig = with_v1().await;
+    rig.fail_next.store(1, Ordering::SeqCst);
+    rig.kernel.calls();
+    rig.refused(delete("v-1")).await;
+    assert_eq!(rig.kernel.calls(), ["remove v-1", "apply v-1 100"]);
+    assert_eq!(rig.kernel.programmed(), ["v-1"]);
+    assert_eq!(rig.vxc_ids(), ["v-1"]);
+
+    rig.ok(delete("v-1")).await;
+    assert!(rig.kernel.programmed().is_empty());
+    assert!(rig.vxc_ids().is_empty());
+    let rig = rig.restart();
+    assert!(rig.vxc_ids().is_empty(), "the acknowledged delete survives");
+}
+
+#[tokio::test]
+async fn an_atomic_batch_refused_at_its_last_op_leaves_nothing_of_the_others() {
+    let mut rig = Rig::new();
+    let mut ops = Vec::new();
+    for n in 0..5u16 {
+        ops.push(key(&format!("k-{n}"), "syd-1", 200 + n));
+        ops.push(vxc(&format!("v-{n}"), &format!("k-{n}"), 300 + n, 100));
+    }
+    // The last op asks for a VLAN the first VXC of the batch holds.
+    ops.push(key("k-last", "syd-1", 500));
+    ops.push(vxc("v-last", "k-last", 300, 100));
+    let seq = rig.last_seq();
+    let answer = rig
+        .ok(json!({"op": "batch", "atomic": true, "ops": ops}))
+        .await;
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 12);
+    let last = &results[11];
+    assert_eq!(last["error"]["code"], "vlan_in_use", "{last}");
+    assert!(rig.kernel.programmed().is_empty(), "kernel emptied again");
+    assert_eq!(rig.last_seq(), seq, "nothing written");
+    assert!(rig.vxc_ids().is_empty());
+    let rig = rig.restart();
+    assert!(rig.vxc_ids().is_empty());
+    assert_eq!(rig.engine.reader().state().model.keys().count(), 0);
+}
+
+#[tokio::test]
+async fn an_atomic_batch_of_deletes_takes_the_bulk_path_once() {
+    let mut rig = Rig::new();
+    for n in 0..4u16 {
+        rig.ok(key(&format!("k-{n}"), "syd-1", 200 + n)).await;
+        rig.ok(vxc(&format!("v-{n}"), &format!("k-{n}"), 300 + n, 100))
+            .await;
+    }
+    rig.kernel.calls();
+    let ops: Vec<Value> = (0..4).map(|n| delete(&format!("v-{n}"))).collect();
+    rig.ok(json!({"op": "batch", "atomic": true, "ops": ops}))
+        .await;
+    assert_eq!(rig.kernel.calls(), ["remove_many 4"]);
+    assert!(rig.kernel.programmed().is_empty());
+    assert!(rig.restart().vxc_ids().is_empty());
+}
+
+#[tokio::test]
+async fn reconcile_remakes_what_was_deleted_by_hand_and_removes_orphans() {
+    let mut rig = with_v1().await;
+    rig.ok(key("k-2", "syd-1", 201)).await;
+    rig.ok(vxc("v-2", "k-2", 301, 100)).await;
+    {
+        let mut kernel = rig.kernel.lock();
+        kernel.vxcs.remove("v-1");
+        let mut stray = kernel.vxcs["v-2"].clone();
+        stray.id = "v-gone".into();
+        kernel.vxcs.insert("v-gone".into(), stray);
+    }
+    rig.engine.reconcile().await;
+    assert_eq!(rig.kernel.programmed(), ["v-1", "v-2"]);
+    let state = rig.engine.reader().state();
+    assert_eq!(state.drift_repairs, 2, "one VXC remade, one orphan removed");
+    assert_eq!(rig.state_of("v-1"), Some(VxcState::Up));
+}
+
+#[tokio::test]
+async fn every_acknowledged_change_survives_compactions_and_restarts() {
+    let mut rig = Rig::new();
+    rig.engine.set_compact_every(3);
+    let mut acknowledged = Vec::new();
+    for n in 0..12u16 {
+        rig.ok(key(&format!("k-{n}"), "syd-1", 200 + n)).await;
+        rig.ok(vxc(&format!("v-{n}"), &format!("k-{n}"), 300 + n, 100))
+            .await;
+        acknowledged.push(format!("v-{n}"));
+        if n % 4 == 3 {
+            rig.ok(delete(&format!("v-{}", n - 1))).await;
+            acknowledged.retain(|id| *id != format!("v-{}", n - 1));
+        }
+    }
+    rig.engine.finish_compaction().await;
+    assert!(
+        rig.dir.path().join("snapshot.json").exists(),
+        "a snapshot was written"
+    );
+    // 12 keys, 12 VXCs (each with its spent key) and 3 deletes were written: 39 records. Puts
+    // that came while a snapshot was being written stay in the journal after it.
+    let kept = rig.engine.reader().state().store.journal_records;
+    assert!(
+        kept < 39,
+        "the journal was cut at a snapshot: {kept} records kept"
+    );
+    let rig = rig.restart();
+    let mut ids = rig.vxc_ids();
+    ids.sort();
+    acknowledged.sort();
+    assert_eq!(ids, acknowledged);
+}

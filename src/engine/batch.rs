@@ -315,7 +315,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                         }
                         Change::Updated { before, after } => events.push(EventKind::VxcUpdated {
                             vxc: vxc.id.to_string(),
-                            changed: super::changed_fields(before, after),
+                            changed: super::txn::changed_fields(before, after),
                         }),
                         Change::Unchanged(_) => {}
                     }

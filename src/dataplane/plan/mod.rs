@@ -5,9 +5,13 @@ use std::fmt;
 
 use super::tbf::{burst_matches, TbfParams};
 use super::{
-    end_interface_name, owner_alias, tunnel_interface_name, Observed, ObservedLink, Side,
-    TunnelSpec, VxcSpec,
+    end_interface_name, owner_alias, tunnel_interface_name, Observed, ObservedLink, Side, VxcSpec,
 };
+
+mod tunnel;
+
+use tunnel::tunnel_discrepancies;
+pub(crate) use tunnel::{tunnel_claimable, tunnel_fixed_fields};
 
 /// `addr_gen_mode none` (IN6_ADDR_GEN_MODE_NONE).
 pub const ADDR_GEN_MODE_NONE: u8 = 1;
@@ -191,143 +195,7 @@ pub(crate) fn link_claimable(l: &ObservedLink, owner_group: u32, parent: u32, vl
             && l.vlan_id == Some(vlan))
 }
 
-/// Whether a link with a tunnel's name may be treated as vxcd's: fully marked, or a half-made
-/// one (owner group, no alias, a VXLAN device).
-pub(crate) fn tunnel_claimable(l: &ObservedLink, owner_group: u32) -> bool {
-    l.is_owned(owner_group)
-        || (l.group == owner_group && l.alias.is_none() && l.kind.as_deref() == Some("vxlan"))
-}
-
-/// The MTU a tunnel device should have: the uplink's less the encapsulation; `None` without an
-/// uplink (or while it is not read): the kernel's default, not checked.
-pub(crate) fn tunnel_mtu(t: &TunnelSpec, obs: &Observed) -> Option<u32> {
-    let uplink = obs.link_by_name(t.uplink.as_deref()?)?;
-    Some(uplink.mtu.saturating_sub(t.overhead()))
-}
-
-/// The fields of a VXLAN device that cannot change in place (the device is made again), as
-/// (field, expected, observed) for each that differs.
-pub(crate) fn tunnel_fixed_fields(
-    t: &TunnelSpec,
-    l: &ObservedLink,
-    obs: &Observed,
-) -> Vec<(&'static str, String, String)> {
-    let show = |v: Option<String>| v.unwrap_or_else(|| "none".into());
-    let mut out = Vec::new();
-    if l.kind.as_deref() != Some("vxlan") {
-        out.push(("kind", "vxlan".into(), show(l.kind.clone())));
-        return out;
-    }
-    let x = l.vxlan.clone().unwrap_or_default();
-    if x.vni != Some(t.vni) {
-        out.push(("VNI", t.vni.to_string(), show(x.vni.map(|v| v.to_string()))));
-    }
-    if x.local != Some(t.local) {
-        out.push((
-            "local",
-            t.local.to_string(),
-            show(x.local.map(|v| v.to_string())),
-        ));
-    }
-    if x.remote != Some(t.remote) {
-        out.push((
-            "remote",
-            t.remote.to_string(),
-            show(x.remote.map(|v| v.to_string())),
-        ));
-    }
-    if x.udp_port != Some(t.udp_port) {
-        out.push((
-            "UDP port",
-            t.udp_port.to_string(),
-            show(x.udp_port.map(|v| v.to_string())),
-        ));
-    }
-    if x.learning != Some(false) {
-        out.push((
-            "learning",
-            "off".into(),
-            show(
-                x.learning
-                    .map(|v| if v { "on".into() } else { "off".into() }),
-            ),
-        ));
-    }
-    if let Some(uplink) = t.uplink.as_deref().and_then(|u| obs.link_by_name(u)) {
-        if x.link != Some(uplink.index) {
-            out.push((
-                "uplink",
-                uplink.name.clone(),
-                show(x.link.map(|i| obs.name_of(i))),
-            ));
-        }
-    }
-    out
-}
-
-/// The checks of a tunnel end's device; the device when it is vxcd's.
-fn tunnel_discrepancies<'a>(
-    out: &mut Vec<Discrepancy>,
-    vxc: &VxcSpec,
-    side: Side,
-    t: &TunnelSpec,
-    obs: &'a Observed,
-) -> Option<&'a ObservedLink> {
-    let end = vxc.end(side);
-    let label = end_label(vxc, side);
-    let group = obs.config.owner_group;
-    let Some(l) = obs.link_by_name(&end.interface) else {
-        out.push(Discrepancy::Missing {
-            object: format!("link {label}"),
-        });
-        return None;
-    };
-    if !tunnel_claimable(l, group) {
-        out.push(Discrepancy::Foreign {
-            object: format!("link {}", end.interface),
-            detail: format!(
-                "group {}, alias {:?}",
-                l.group,
-                l.alias.as_deref().unwrap_or("")
-            ),
-        });
-        return None;
-    }
-    let object = format!("link {label}");
-    for (field, expected, observed) in tunnel_fixed_fields(t, l, obs) {
-        differs(out, &object, field, expected, observed);
-    }
-    if let Some(mtu) = tunnel_mtu(t, obs) {
-        if l.mtu != mtu {
-            differs(out, &object, "mtu", mtu, l.mtu);
-        }
-    }
-    if l.group != group {
-        differs(out, &object, "group", group, l.group);
-    }
-    let alias = owner_alias(&vxc.id, side);
-    if l.alias.as_deref() != Some(alias.as_str()) {
-        differs(
-            out,
-            &object,
-            "alias",
-            &alias,
-            l.alias.as_deref().unwrap_or("none"),
-        );
-    }
-    if l.addr_gen_mode.is_some_and(|m| m != ADDR_GEN_MODE_NONE) {
-        differs(
-            out,
-            &object,
-            "IPv6 addr_gen_mode",
-            "none",
-            l.addr_gen_mode.unwrap_or_default(),
-        );
-    }
-    Some(l)
-}
-
-fn differs(
+pub(super) fn differs(
     out: &mut Vec<Discrepancy>,
     object: &str,
     field: &str,
@@ -717,82 +585,4 @@ pub fn plan(desired: &[VxcSpec], obs: &Observed) -> Plan {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::dataplane::DataplaneConfig;
-
-    fn link(
-        index: u32,
-        name: &str,
-        parent: Option<u32>,
-        vlan: Option<u16>,
-        group: u32,
-    ) -> ObservedLink {
-        ObservedLink {
-            index,
-            name: name.into(),
-            parent,
-            kind: Some(if vlan.is_some() { "vlan" } else { "veth" }.into()),
-            vlan_id: vlan,
-            mtu: 1500,
-            up: true,
-            promisc: false,
-            group,
-            alias: None,
-            addr_gen_mode: None,
-            vxlan: None,
-        }
-    }
-
-    /// A crash between creating a subinterface and marking it leaves it in the owner group
-    /// without alias; no VXC wants it, so it is an orphan. Owner-group links vxcd would not have
-    /// named that way are not vxcd's.
-    #[test]
-    fn half_made_subinterface_of_no_vxc_is_an_orphan() {
-        let cfg = DataplaneConfig::default();
-        let group = cfg.owner_group;
-        let links = vec![
-            link(2, "eth1", None, None, 0),
-            link(3, "eth1.3999", Some(2), Some(3999), group),
-            link(4, "mine.3998", Some(2), Some(3998), group),
-            link(5, "eth1.3997", Some(2), Some(3997), 0),
-        ];
-        let obs = Observed::new(
-            cfg,
-            links,
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
-        let plan = plan(&[], &obs);
-        let names: Vec<String> = plan.orphans.iter().map(|o| o.to_string()).collect();
-        assert_eq!(
-            names,
-            ["link eth1.3999 (half-made: owner group, no alias yet)"],
-            "{plan:?}"
-        );
-    }
-
-    /// A crash between moving links into the doomed group and deleting the group leaves links
-    /// that are still vxcd's by their alias: orphans. A link in that group without vxcd's alias
-    /// is someone else's.
-    #[test]
-    fn links_left_in_the_doomed_group_are_orphans_and_foreign_ones_are_not() {
-        let cfg = DataplaneConfig::default();
-        let doomed = crate::dataplane::doomed_group(cfg.owner_group);
-        let mut ours = link(3, "eth1.300", Some(2), Some(300), doomed);
-        ours.alias = Some("vxcd:v-1:a".into());
-        let theirs = link(4, "eth1.301", Some(2), Some(301), doomed);
-        let links = vec![link(2, "eth1", None, None, 0), ours, theirs];
-        let obs = Observed::new(
-            cfg,
-            links,
-            Default::default(),
-            Default::default(),
-            Default::default(),
-        );
-        let plan = plan(&[], &obs);
-        let names: Vec<String> = plan.orphans.iter().map(|o| o.to_string()).collect();
-        assert_eq!(names, ["link eth1.300 (vxcd:v-1:a)"], "{plan:?}");
-    }
-}
+mod tests;

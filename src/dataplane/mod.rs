@@ -84,6 +84,7 @@
 mod apply;
 mod conn;
 mod converge;
+mod end;
 mod events;
 mod msg;
 mod nl;
@@ -94,6 +95,7 @@ mod remove;
 mod report;
 mod stats;
 pub mod tbf;
+mod tc;
 mod tunnel;
 mod undo;
 

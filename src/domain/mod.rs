@@ -5,15 +5,16 @@
 mod error;
 mod ids;
 mod model;
+mod request;
+mod stored;
 mod vlan;
 mod vni;
 
 pub use error::{Holder, RuleError};
 pub use ids::{KeyId, PortName, VxcId, MAX_ID_LEN};
-pub use model::{
-    AEnd, AEndRequest, BEnd, Change, KeyRequest, Model, PortUsage, ServiceKey, Vxc, VxcPlan,
-    VxcRequest, MAX_TEXT_LEN,
-};
+pub use model::{Change, Model, PortUsage, VxcPlan, MAX_TEXT_LEN};
+pub use request::{AEndRequest, KeyRequest, VxcRequest};
+pub use stored::{AEnd, BEnd, ServiceKey, Vxc};
 pub use vlan::{Vlan, VlanSet, VLAN_MAX, VLAN_MIN};
 pub use vni::{Vni, VNI_MAX};
 

@@ -6,7 +6,6 @@ use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, LinkAttribute,
     LinkInfo, LinkMessage,
 };
-use netlink_packet_route::tc::TcAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::nl::{Errno, ReqError};
@@ -92,33 +91,10 @@ impl Dataplane {
         };
         if let Some(l) = current {
             if end.vlan.is_some() {
-                self.fix_vlan_attrs(vxc, side, l, parent, &label, j).await?;
+                self.fix_link_attrs(vxc, side, l, Some(parent.mtu), &label, j)
+                    .await?;
             }
-            if !l.up || !l.promisc {
-                self.ack(
-                    RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
-                    0,
-                )
-                .await
-                .map_err(|e| kernel_err("setting up and promisc on", &label, e))?;
-                let mut fields = vec![];
-                if !l.up {
-                    fields.push("state up".to_string());
-                }
-                if !l.promisc {
-                    fields.push("promisc on".to_string());
-                }
-                j.record(
-                    format!("link {label}"),
-                    ObjectChange::Changed(fields),
-                    Some(Undo::RestoreFlags {
-                        index,
-                        name: name.clone(),
-                        up: l.up,
-                        promisc: l.promisc,
-                    }),
-                );
-            }
+            self.ensure_up_promisc(l, &label, j).await?;
         }
         // Root TBF.
         let want = obs.config.burst.params(vxc.rate_mbps, parent.mtu);
@@ -173,26 +149,7 @@ impl Dataplane {
             }
             _ => self.create_tbf(index, &name, &want, j).await?,
         }
-        // Ingress qdisc.
-        if fresh || !obs.ingress.contains(&index) {
-            let msg = tc_msg(
-                index,
-                INGRESS_HANDLE,
-                TC_H_INGRESS,
-                0,
-                vec![TcAttribute::Kind("ingress".into())],
-            );
-            self.create_tc_object(
-                RouteNetlinkMessage::NewQueueDiscipline(msg),
-                format!("ingress qdisc on {name}"),
-                Undo::DeleteIngress {
-                    index,
-                    name: name.clone(),
-                },
-                j,
-            )
-            .await?;
-        }
+        self.ensure_ingress(index, &name, fresh, obs, j).await?;
         Ok((index, fresh))
     }
 
@@ -320,51 +277,28 @@ impl Dataplane {
             }
             Err(e) => return Err(e),
         };
-        j.record(
-            format!("link {label}"),
-            ObjectChange::Created,
-            Some(Undo::DeleteLink {
-                index,
-                name: name.into(),
-            }),
-        );
-        // The kernel ignores IFLA_IFALIAS in RTM_NEWLINK; the address generation mode must
-        // be set before the link goes up, or the link-local address is already made.
-        let mut mark = link_msg(index);
-        mark.attributes = vec![
-            LinkAttribute::IfAlias(owner_alias(&vxc.id, side)),
-            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
-                In6AddrGenMode::None,
-            )])]),
-        ];
-        self.ack(RouteNetlinkMessage::SetLink(mark), 0)
-            .await
-            .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
-        self.ack(
-            RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
-            0,
-        )
-        .await
-        .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
+        self.mark_new_link(index, name, vxc, side, label, j).await?;
         Ok(index)
     }
 
-    /// Fixes MTU, group, alias and IPv6 mode of an existing owned VLAN link.
-    pub(super) async fn fix_vlan_attrs(
+    /// Fixes MTU (when one is wanted), group, alias and IPv6 mode of an existing owned end
+    /// link: a VLAN subinterface (its parent's MTU) or a tunnel device (the uplink's less the
+    /// encapsulation).
+    pub(super) async fn fix_link_attrs(
         &self,
         vxc: &VxcSpec,
         side: Side,
         l: &ObservedLink,
-        parent: &ObservedLink,
+        mtu: Option<u32>,
         label: &str,
         j: &mut Journal,
     ) -> Result<(), DataplaneError> {
         let alias = owner_alias(&vxc.id, side);
         let mut msg = link_msg(l.index);
         let mut fields = vec![];
-        if l.mtu != parent.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(parent.mtu));
-            fields.push(format!("mtu {}", parent.mtu));
+        if let Some(mtu) = mtu.filter(|m| *m != l.mtu) {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+            fields.push(format!("mtu {mtu}"));
         }
         if l.group != self.cfg.owner_group {
             msg.attributes
@@ -401,6 +335,82 @@ impl Dataplane {
                 alias: l.alias.clone(),
             }),
         );
+        Ok(())
+    }
+
+    /// Sets an existing end link up and promiscuous if it is not.
+    pub(super) async fn ensure_up_promisc(
+        &self,
+        l: &ObservedLink,
+        label: &str,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        if l.up && l.promisc {
+            return Ok(());
+        }
+        self.ack(
+            RouteNetlinkMessage::SetLink(flags_msg(l.index, true, true)),
+            0,
+        )
+        .await
+        .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
+        let mut fields = vec![];
+        if !l.up {
+            fields.push("state up".to_string());
+        }
+        if !l.promisc {
+            fields.push("promisc on".to_string());
+        }
+        j.record(
+            format!("link {label}"),
+            ObjectChange::Changed(fields),
+            Some(Undo::RestoreFlags {
+                index: l.index,
+                name: l.name.clone(),
+                up: l.up,
+                promisc: l.promisc,
+            }),
+        );
+        Ok(())
+    }
+
+    /// A link vxcd just created: journaled (undone by deleting it), marked as vxcd's (alias,
+    /// IPv6 off) and set up. The kernel ignores IFLA_IFALIAS in RTM_NEWLINK; the address
+    /// generation mode must be set before the link goes up, or the link-local address is
+    /// already made.
+    pub(super) async fn mark_new_link(
+        &self,
+        index: u32,
+        name: &str,
+        vxc: &VxcSpec,
+        side: Side,
+        label: &str,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        j.record(
+            format!("link {label}"),
+            ObjectChange::Created,
+            Some(Undo::DeleteLink {
+                index,
+                name: name.into(),
+            }),
+        );
+        let mut mark = link_msg(index);
+        mark.attributes = vec![
+            LinkAttribute::IfAlias(owner_alias(&vxc.id, side)),
+            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+                In6AddrGenMode::None,
+            )])]),
+        ];
+        self.ack(RouteNetlinkMessage::SetLink(mark), 0)
+            .await
+            .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
+        self.ack(
+            RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
+            0,
+        )
+        .await
+        .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! to the other end.
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::tc::TcAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::tbf::TbfParams;
@@ -112,5 +113,36 @@ impl Dataplane {
                 .await
             }
         }
+    }
+
+    /// Makes the end's ingress qdisc (where its pipe filter hangs) unless it is there.
+    pub(super) async fn ensure_ingress(
+        &self,
+        index: u32,
+        name: &str,
+        fresh: bool,
+        obs: &Observed,
+        j: &mut Journal,
+    ) -> Result<(), DataplaneError> {
+        if !fresh && obs.ingress.contains(&index) {
+            return Ok(());
+        }
+        let msg = tc_msg(
+            index,
+            INGRESS_HANDLE,
+            TC_H_INGRESS,
+            0,
+            vec![TcAttribute::Kind("ingress".into())],
+        );
+        self.create_tc_object(
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            format!("ingress qdisc on {name}"),
+            Undo::DeleteIngress {
+                index,
+                name: name.to_string(),
+            },
+            j,
+        )
+        .await
     }
 }

@@ -1,16 +1,12 @@
 //! A tunnel end: the VXLAN device of a VXC whose other end is on a peer edge host.
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, LinkAttribute, LinkInfo,
-    LinkMessage,
-};
-use netlink_packet_route::tc::TcAttribute;
+use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::nl::Errno;
-use super::plan::{self, end_label, tunnel_claimable, tunnel_fixed_fields};
-use super::{owner_alias, DataplaneError, Observed, ObservedLink, Side, TunnelSpec, VxcSpec};
+use super::plan::{end_label, tunnel_claimable, tunnel_fixed_fields};
+use super::{DataplaneError, Observed, ObservedLink, Side, TunnelSpec, VxcSpec};
 
 use super::conn::*;
 use super::msg::*;
@@ -56,7 +52,8 @@ impl Dataplane {
                 })
             }
             Some(l) if tunnel_fixed_fields(t, l, obs).is_empty() => {
-                self.fix_tunnel_attrs(vxc, side, l, mtu, &label, j).await?;
+                self.fix_link_attrs(vxc, side, l, mtu, &label, j).await?;
+                self.ensure_up_promisc(l, &label, j).await?;
                 (l.index, false)
             }
             Some(l) => {
@@ -82,98 +79,8 @@ impl Dataplane {
                 (index, true)
             }
         };
-        if fresh || !obs.ingress.contains(&index) {
-            let msg = tc_msg(
-                index,
-                INGRESS_HANDLE,
-                TC_H_INGRESS,
-                0,
-                vec![TcAttribute::Kind("ingress".into())],
-            );
-            self.create_tc_object(
-                RouteNetlinkMessage::NewQueueDiscipline(msg),
-                format!("ingress qdisc on {name}"),
-                Undo::DeleteIngress {
-                    index,
-                    name: name.to_string(),
-                },
-                j,
-            )
-            .await?;
-        }
+        self.ensure_ingress(index, name, fresh, obs, j).await?;
         Ok((index, fresh))
-    }
-
-    /// Fixes the MTU, alias, IPv6 mode and flags of an existing owned tunnel device.
-    pub(super) async fn fix_tunnel_attrs(
-        &self,
-        vxc: &VxcSpec,
-        side: Side,
-        l: &ObservedLink,
-        mtu: Option<u32>,
-        label: &str,
-        j: &mut Journal,
-    ) -> Result<(), DataplaneError> {
-        let alias = owner_alias(&vxc.id, side);
-        let mut msg = link_msg(l.index);
-        let mut fields = vec![];
-        if let Some(mtu) = mtu.filter(|m| *m != l.mtu) {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-            fields.push(format!("mtu {mtu}"));
-        }
-        if l.group != self.cfg.owner_group {
-            msg.attributes
-                .push(LinkAttribute::Group(self.cfg.owner_group));
-            fields.push("group".into());
-        }
-        if l.alias.as_deref() != Some(alias.as_str()) {
-            msg.attributes.push(LinkAttribute::IfAlias(alias));
-            fields.push("alias".into());
-        }
-        if l.addr_gen_mode
-            .is_some_and(|m| m != plan::ADDR_GEN_MODE_NONE)
-        {
-            msg.attributes
-                .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                    vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-                )]));
-            fields.push("IPv6 addr_gen_mode none".into());
-        }
-        if !fields.is_empty() {
-            self.ack(RouteNetlinkMessage::SetLink(msg), 0)
-                .await
-                .map_err(|e| kernel_err("fixing", label, e))?;
-            j.record(
-                format!("link {label}"),
-                ObjectChange::Changed(fields),
-                Some(Undo::RestoreLink {
-                    index: l.index,
-                    name: l.name.clone(),
-                    mtu: l.mtu,
-                    group: l.group,
-                    alias: l.alias.clone(),
-                }),
-            );
-        }
-        if !l.up || !l.promisc {
-            self.ack(
-                RouteNetlinkMessage::SetLink(flags_msg(l.index, true, true)),
-                0,
-            )
-            .await
-            .map_err(|e| kernel_err("setting up on", label, e))?;
-            j.record(
-                format!("link {label}"),
-                ObjectChange::Changed(vec!["state up".into()]),
-                Some(Undo::RestoreFlags {
-                    index: l.index,
-                    name: l.name.clone(),
-                    up: l.up,
-                    promisc: l.promisc,
-                }),
-            );
-        }
-        Ok(())
     }
 
     /// Creates a tunnel end's VXLAN device, marks it (alias, IPv6 off) and sets it up.
@@ -214,30 +121,8 @@ impl Dataplane {
                 })
             }
         };
-        j.record(
-            format!("link {label}"),
-            ObjectChange::Created,
-            Some(Undo::DeleteLink {
-                index,
-                name: name.clone(),
-            }),
-        );
-        let mut mark = link_msg(index);
-        mark.attributes = vec![
-            LinkAttribute::IfAlias(owner_alias(&vxc.id, side)),
-            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
-                In6AddrGenMode::None,
-            )])]),
-        ];
-        self.ack(RouteNetlinkMessage::SetLink(mark), 0)
-            .await
-            .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
-        self.ack(
-            RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
-            0,
-        )
-        .await
-        .map_err(|e| kernel_err("setting up on", label, e))?;
+        self.mark_new_link(index, &name, vxc, side, label, j)
+            .await?;
         Ok(index)
     }
 }

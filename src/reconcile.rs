@@ -2,7 +2,8 @@
 //! `reconcile.interval_s`, and sooner when the kernel reports a link or tc change (a subinterface or
 //! shaper removed by hand, a port interface appearing or going away). Bursts of events are coalesced
 //! into one pass, so a storm of changes costs one O(state) pass per burst, not one per event; a
-//! burst of vxcd's own tc events only (`dataplane/own.rs`) costs none.
+//! burst of vxcd's own changes costs none: tc events are told apart by the netlink port id that
+//! caused them (`dataplane/own.rs`), link events by what they say (`dataplane/drift.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,9 @@ use crate::server::Control;
 
 /// How long to wait for more events before running the pass they triggered.
 const SETTLE: Duration = Duration::from_millis(200);
+
+/// The longest a burst is coalesced before it is judged.
+const MAX_BURST: Duration = Duration::from_millis(500);
 
 fn is_lost(event: Option<&KernelEvent>) -> bool {
     event.is_some_and(|e| e.object == KernelObject::EventsLost)
@@ -43,37 +47,50 @@ pub async fn run(
                 ticker.tick().await;
             }
             event = events.recv(), if events_open => {
-                if event.is_none() {
+                let Some(first) = event else {
                     log::warn!("kernel event stream ended; relying on the periodic check");
                     events_open = false;
                     continue;
-                }
-                // Coalesce the burst this event belongs to.
-                let mut lost = is_lost(event.as_ref());
-                let mut foreign = event.as_ref().is_some_and(|e| !e.caused_by_vxcd);
-                if let Some(e) = event.as_ref().filter(|e| !e.caused_by_vxcd) {
-                    log::debug!("kernel event not of vxcd's making: {e:?}");
-                }
+                };
+                // Coalesce the burst this event belongs to: until the kernel is quiet for SETTLE,
+                // and at most MAX_BURST, so that drift made during a long burst of vxcd's own
+                // changes is still seen within a second.
+                let began = tokio::time::Instant::now();
+                let mut burst = vec![first];
                 loop {
-                    match tokio::time::timeout(SETTLE, events.recv()).await {
-                        Ok(Some(e)) => {
-                            lost |= is_lost(Some(&e));
-                            if !e.caused_by_vxcd && !foreign {
-                                log::debug!("kernel event not of vxcd's making: {e:?}");
-                            }
-                            foreign |= !e.caused_by_vxcd;
-                        }
+                    let left = MAX_BURST.saturating_sub(began.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match tokio::time::timeout(SETTLE.min(left), events.recv()).await {
+                        Ok(Some(e)) => burst.push(e),
                         Ok(None) => { events_open = false; break; }
                         Err(_) => break,
                     }
                 }
-                if lost {
+                if burst.iter().any(|e| is_lost(Some(e))) {
                     // Logged once per burst: the pass below is a full one, which is the resync.
                     log::warn!("the kernel dropped events (event socket overflow); full resync");
-                } else if !foreign {
-                    // Only vxcd's own changes (and the echoes of its reads): nothing drifted.
-                    crate::metrics::daemon().own_event_bursts.inc();
-                    continue;
+                } else if let Some(e) = burst
+                    .iter()
+                    .find(|e| e.object != KernelObject::Link && !e.caused_by_vxcd)
+                {
+                    log::debug!("tc change not of vxcd's making: {e:?}");
+                } else {
+                    burst.retain(|e| e.object == KernelObject::Link);
+                    // Asked under the engine lock: every transaction that raised these is done.
+                    let (kernel, desired) = {
+                        let engine = control.engine.lock().await;
+                        (engine.kernel(), engine.desired())
+                    };
+                    match kernel.link_drift(&burst, &desired).await {
+                        None => {
+                            // Only vxcd's own changes (and the echoes of its reads): nothing drifted.
+                            crate::metrics::daemon().own_event_bursts.inc();
+                            continue;
+                        }
+                        Some(why) => log::info!("kernel change not of vxcd's making: {why}; reconciling"),
+                    }
                 }
             }
             _ = shutdown.changed() => return,

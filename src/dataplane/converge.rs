@@ -159,7 +159,13 @@ impl Dataplane {
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )])];
             match self.ack(RouteNetlinkMessage::SetLink(msg), 0).await {
-                Ok(()) => done.push("IPv6 addr_gen_mode none".to_owned()),
+                Ok(()) => {
+                    // Its notification then shows the port as vxcd knows it: not drift.
+                    self.own.amend(&link.name, |l| {
+                        l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE)
+                    });
+                    done.push("IPv6 addr_gen_mode none".to_owned())
+                }
                 // No IPv6 in this namespace or on this link: nothing the host could send.
                 Err(ReqError::Kernel(e)) if e.0 == libc::EAFNOSUPPORT => return Ok(done),
                 Err(e) => {

@@ -7,7 +7,7 @@ use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::mpsc;
 
-use super::DataplaneError;
+use super::{DataplaneError, ObservedLink};
 
 use super::conn::*;
 
@@ -33,6 +33,9 @@ pub struct KernelEvent {
     pub ifindex: u32,
     /// The link name (link events only).
     pub name: Option<String>,
+    /// The whole link as the notification shows it (link events only): what tells vxcd's own
+    /// link changes from drift (`dataplane/drift.rs`).
+    pub link: Option<Box<ObservedLink>>,
     /// vxcd's own change, not drift (see `dataplane/own.rs`).
     pub caused_by_vxcd: bool,
 }
@@ -54,6 +57,7 @@ pub(super) fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
             LinkAttribute::IfName(n) => Some(n.clone()),
             _ => None,
         }),
+        link: super::msg::parse_link(l.clone()).map(Box::new),
         caused_by_vxcd: false,
     };
     let tc_event = |t: &TcMessage, object: KernelObject, change: EventChange| KernelEvent {
@@ -61,6 +65,7 @@ pub(super) fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
         change,
         ifindex: t.header.index as u32,
         name: None,
+        link: None,
         caused_by_vxcd: false,
     };
     Some(match &msg {
@@ -136,6 +141,7 @@ impl Dataplane {
                         change: EventChange::Changed,
                         ifindex: 0,
                         name: None,
+                        link: None,
                         caused_by_vxcd: false,
                     }),
                     _ => None,

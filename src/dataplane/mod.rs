@@ -84,6 +84,7 @@
 mod apply;
 mod conn;
 mod converge;
+mod drift;
 mod end;
 mod events;
 mod msg;

@@ -50,6 +50,12 @@ impl Dataplane {
             }
         }
         let filters = self.read_filters(&ingress).await?;
+        let group = self.cfg.owner_group;
+        self.own.know_all(links.iter(), |l| {
+            l.group == group
+                || l.group == super::doomed_group(group)
+                || self.port_interfaces.contains(&l.name)
+        });
         Ok(Observed::new(
             self.cfg,
             links,
@@ -182,7 +188,9 @@ impl Dataplane {
     ) -> Result<Option<ObservedLink>, DataplaneError> {
         let mut msg = LinkMessage::default();
         msg.attributes = vec![LinkAttribute::IfName(name.to_string())];
-        Ok(self.read_link(msg).await?.filter(|l| l.name == name))
+        let link = self.read_link(msg).await?.filter(|l| l.name == name);
+        self.own.know(name, link.as_ref());
+        Ok(link)
     }
 
     /// One link, asked by ifindex or `IFLA_IFNAME` in `msg`; `None` when it does not exist.

@@ -6,7 +6,8 @@
 use std::future::Future;
 
 use crate::dataplane::{
-    ApplyReport, ConvergeReport, Dataplane, DataplaneError, EndCounters, Observed, Side, VxcSpec,
+    ApplyReport, ConvergeReport, Dataplane, DataplaneError, EndCounters, KernelEvent, Observed,
+    Side, VxcSpec,
 };
 
 /// The kernel operations the engine and its reader use. Each one is atomic per VXC, as
@@ -35,6 +36,13 @@ pub trait Kernel: Clone + Send + Sync + 'static {
         &self,
         desired: &[VxcSpec],
     ) -> impl Future<Output = Result<ConvergeReport, DataplaneError>> + Send;
+    /// Why a pass is wanted after these kernel events (`None`: they show only vxcd's own changes),
+    /// `desired` being every VXC in the state once the transactions that raised them are done.
+    fn link_drift(
+        &self,
+        events: &[KernelEvent],
+        desired: &[VxcSpec],
+    ) -> impl Future<Output = Option<String>> + Send;
     /// What the kernel holds now (observe-only passes).
     fn observe(&self) -> impl Future<Output = Result<Observed, DataplaneError>> + Send;
     /// A link's MTU (`None`: no such link).
@@ -71,6 +79,9 @@ impl Kernel for Dataplane {
     }
     async fn converge(&self, desired: &[VxcSpec]) -> Result<ConvergeReport, DataplaneError> {
         Dataplane::converge(self, desired).await
+    }
+    async fn link_drift(&self, events: &[KernelEvent], desired: &[VxcSpec]) -> Option<String> {
+        Dataplane::link_drift(self, events, desired).await
     }
     async fn observe(&self) -> Result<Observed, DataplaneError> {
         Dataplane::observe(self).await

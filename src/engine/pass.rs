@@ -12,6 +12,18 @@ use crate::dataplane::{self, Dataplane, VxcOutcome, VxcSpec, VxcStatus as PlanSt
 use crate::domain::{PortName, VxcId};
 
 impl<K: Kernel, J: Journal> Engine<K, J> {
+    /// Every VXC of the state that this host can program, as the kernel should hold it. Asked
+    /// under the engine lock, it is also a barrier: every transaction before it is done.
+    pub fn desired(&self) -> Vec<VxcSpec> {
+        let state = self.published.load();
+        state.model.vxcs().filter_map(|v| state.spec(v)).collect()
+    }
+
+    /// The kernel, for work done without the engine lock (reads, and judging kernel events).
+    pub fn kernel(&self) -> K {
+        self.dataplane.clone()
+    }
+
     /// Compares the kernel with the state and, unless observe-only, repairs the difference. Each
     /// repair is logged and counted.
     pub async fn reconcile(&mut self) {

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use super::{load_state, Engine, Journal, Kernel, Record, VxcState};
 use crate::config::Port;
 use crate::dataplane::{
-    ApplyReport, Change as KernelChange, ConvergeReport, DataplaneError, EndCounters, ObjectChange,
-    Observed, Orphan, Side, VxcOutcome, VxcSpec,
+    ApplyReport, Change as KernelChange, ConvergeReport, DataplaneError, EndCounters, KernelEvent,
+    ObjectChange, Observed, Orphan, Side, VxcOutcome, VxcSpec,
 };
 use crate::domain::PortName;
 use crate::protocol::{parse_request, Failure};
@@ -159,6 +159,10 @@ impl Kernel for FakeKernel {
             });
         }
         Ok(report)
+    }
+
+    async fn link_drift(&self, _events: &[KernelEvent], _desired: &[VxcSpec]) -> Option<String> {
+        Some("the fake kernel raises no events".into())
     }
 
     async fn observe(&self) -> Result<Observed, DataplaneError> {

@@ -95,6 +95,10 @@ pub async fn run(
             }
             _ = shutdown.changed() => return,
         }
-        control.engine.lock().await.reconcile().await;
+        // The engine lock is taken to begin and to publish, not across the whole-host read:
+        // requests are answered while the pass reads (`engine/pass_steps.rs`).
+        let pass = control.engine.lock().await.begin_pass();
+        let found = pass.check().await;
+        control.engine.lock().await.finish_pass(found).await;
     }
 }

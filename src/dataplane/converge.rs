@@ -12,7 +12,10 @@ use std::net::IpAddr;
 
 use super::nl::ReqError;
 use super::plan::{self, Orphan, VxcStatus};
-use super::{DataplaneError, ObservedLink, VxcSpec};
+use super::{DataplaneError, Observed, ObservedLink, VxcSpec};
+
+/// What quieting the port interfaces changed, per port, and where it failed.
+pub type PortsQuieted = (Vec<(String, Vec<String>)>, Vec<(String, DataplaneError)>);
 
 use super::apply::*;
 use super::conn::*;
@@ -53,16 +56,7 @@ impl Dataplane {
                 Err(e) => report.orphan_failures.push((o, e)),
             }
         }
-        for port in &self.port_interfaces {
-            let Some(link) = obs.link_by_name(port) else {
-                continue;
-            };
-            match self.quiet_port(link).await {
-                Ok(done) if done.is_empty() => {}
-                Ok(done) => report.ports_quieted.push((port.clone(), done)),
-                Err(e) => report.port_failures.push((port.clone(), e)),
-            }
-        }
+        (report.ports_quieted, report.port_failures) = self.quiet_ports(&obs).await;
         let specs: HashMap<&str, &VxcSpec> = desired.iter().map(|v| (v.id.as_str(), v)).collect();
         let mut to_apply = Vec::new();
         let mut outcomes: HashMap<String, VxcOutcome> = HashMap::new();
@@ -143,6 +137,24 @@ impl Dataplane {
             }
         }
         Ok(report)
+    }
+
+    /// [`Dataplane::quiet_port`] on every port interface `obs` shows: what each one changed
+    /// (those already quiet are left out), and the failures.
+    pub async fn quiet_ports(&self, obs: &Observed) -> PortsQuieted {
+        let mut quieted = Vec::new();
+        let mut failures = Vec::new();
+        for port in &self.port_interfaces {
+            let Some(link) = obs.link_by_name(port) else {
+                continue;
+            };
+            match self.quiet_port(link).await {
+                Ok(done) if done.is_empty() => {}
+                Ok(done) => quieted.push((port.clone(), done)),
+                Err(e) => failures.push((port.clone(), e)),
+            }
+        }
+        (quieted, failures)
     }
 
     /// Keeps the host's own traffic off a customer port: IPv6 address generation off (so a flap

@@ -103,6 +103,7 @@ mod undo;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+pub use converge::PortsQuieted;
 pub use events::{EventChange, KernelEvent, KernelObject};
 pub use nl::Errno;
 pub use plan::{Discrepancy, Orphan, Plan, VxcPlan, VxcStatus};

@@ -7,7 +7,7 @@ use std::future::Future;
 
 use crate::dataplane::{
     ApplyReport, ConvergeReport, Dataplane, DataplaneError, EndCounters, KernelEvent, Observed,
-    Side, VxcSpec,
+    PortsQuieted, Side, VxcSpec,
 };
 
 /// The kernel operations the engine and its reader use. Each one is atomic per VXC, as
@@ -43,7 +43,9 @@ pub trait Kernel: Clone + Send + Sync + 'static {
         events: &[KernelEvent],
         desired: &[VxcSpec],
     ) -> impl Future<Output = Option<String>> + Send;
-    /// What the kernel holds now (observe-only passes).
+    /// Keeps the host's own IPv6 off every port interface `obs` shows.
+    fn quiet_ports(&self, obs: &Observed) -> impl Future<Output = PortsQuieted> + Send;
+    /// What the kernel holds now (passes without the engine lock, observe-only passes).
     fn observe(&self) -> impl Future<Output = Result<Observed, DataplaneError>> + Send;
     /// A link's MTU (`None`: no such link).
     fn link_mtu(
@@ -82,6 +84,9 @@ impl Kernel for Dataplane {
     }
     async fn link_drift(&self, events: &[KernelEvent], desired: &[VxcSpec]) -> Option<String> {
         Dataplane::link_drift(self, events, desired).await
+    }
+    async fn quiet_ports(&self, obs: &Observed) -> PortsQuieted {
+        Dataplane::quiet_ports(self, obs).await
     }
     async fn observe(&self) -> Result<Observed, DataplaneError> {
         Dataplane::observe(self).await

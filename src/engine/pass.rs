@@ -103,6 +103,11 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
     /// The MTUs of the uplink and of the local ports of VXCs to peers (a few link reads: one per
     /// such port, not per VXC); `None` without `[core]` or without an uplink to compare with.
     pub(super) async fn read_core_mtu(&self) -> Option<read::CoreMtu> {
+        Some(self.core_mtu_targets()?.read(&self.dataplane).await)
+    }
+
+    /// The links whose MTUs [`Engine::read_core_mtu`] reads.
+    pub(super) fn core_mtu_targets(&self) -> Option<CoreMtuTargets> {
         let state = self.published.load();
         let uplink = state.core.as_ref()?.interface.clone()?;
         let ports: std::collections::BTreeSet<PortName> = state
@@ -121,17 +126,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
             .into_iter()
             .filter_map(|p| Some((p.clone(), state.ports.get(&p)?.clone())))
             .collect();
-        drop(state);
-        let mut mtus = read::CoreMtu {
-            uplink: self.dataplane.link_mtu(&uplink).await.ok().flatten(),
-            ports: BTreeMap::new(),
-        };
-        for (port, interface) in interfaces {
-            if let Ok(Some(mtu)) = self.dataplane.link_mtu(&interface).await {
-                mtus.ports.insert(port, mtu);
-            }
-        }
-        Some(mtus)
+        Some(CoreMtuTargets { uplink, interfaces })
     }
 
     /// Repairs the kernel towards `desired`: each VXC's new state and the number of repairs.
@@ -193,30 +188,56 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         desired: &[VxcSpec],
     ) -> Result<(Vec<(VxcId, VxcState)>, u64), dataplane::DataplaneError> {
         let observed = self.dataplane.observe().await?;
-        let plan = Dataplane::plan(desired, &observed);
-        let mut states = Vec::with_capacity(plan.vxcs.len());
-        for vxc in plan.vxcs {
-            let Ok(id) = VxcId::parse("id", &vxc.id) else {
-                continue;
-            };
-            let state = match vxc.status {
-                PlanStatus::Ok => VxcState::Up,
-                PlanStatus::Pending { missing } => VxcState::Pending(missing_text(&missing)),
-                PlanStatus::Drift(found) => {
-                    let what: Vec<String> = found.iter().map(|d| d.to_string()).collect();
-                    let what = what.join("; ");
-                    log::warn!(vxc = id.as_str(); "VXC {id}: drift, not repaired (observe-only): {what}");
-                    VxcState::Failed(format!("drift: {what}"))
-                }
-                PlanStatus::Invalid(why) => VxcState::Failed(why),
-            };
-            states.push((id, state));
-        }
-        for orphan in plan.orphans {
-            log::warn!("{orphan} is owned by vxcd but part of no VXC (observe-only: left)");
-        }
-        Ok((states, 0))
+        Ok((plan_states(Dataplane::plan(desired, &observed)), 0))
     }
+}
+
+/// The uplink and the local ports of VXCs to peers, whose MTUs decide whether frames fit the core.
+pub(super) struct CoreMtuTargets {
+    uplink: String,
+    interfaces: Vec<(PortName, String)>,
+}
+
+impl CoreMtuTargets {
+    pub(super) async fn read(&self, kernel: &impl Kernel) -> read::CoreMtu {
+        let mut mtus = read::CoreMtu {
+            uplink: kernel.link_mtu(&self.uplink).await.ok().flatten(),
+            ports: BTreeMap::new(),
+        };
+        for (port, interface) in &self.interfaces {
+            if let Ok(Some(mtu)) = kernel.link_mtu(interface).await {
+                mtus.ports.insert(port.clone(), mtu);
+            }
+        }
+        mtus
+    }
+}
+
+/// Each VXC's state as a plan found it, without repairing: drift is reported (observe-only) and
+/// makes the VXC failed; orphans are logged and left.
+pub(super) fn plan_states(plan: dataplane::Plan) -> Vec<(VxcId, VxcState)> {
+    let mut states = Vec::with_capacity(plan.vxcs.len());
+    for vxc in plan.vxcs {
+        let Ok(id) = VxcId::parse("id", &vxc.id) else {
+            continue;
+        };
+        let state = match vxc.status {
+            PlanStatus::Ok => VxcState::Up,
+            PlanStatus::Pending { missing } => VxcState::Pending(missing_text(&missing)),
+            PlanStatus::Drift(found) => {
+                let what: Vec<String> = found.iter().map(|d| d.to_string()).collect();
+                let what = what.join("; ");
+                log::warn!(vxc = id.as_str(); "VXC {id}: drift, not repaired (observe-only): {what}");
+                VxcState::Failed(format!("drift: {what}"))
+            }
+            PlanStatus::Invalid(why) => VxcState::Failed(why),
+        };
+        states.push((id, state));
+    }
+    for orphan in plan.orphans {
+        log::warn!("{orphan} is owned by vxcd but part of no VXC (observe-only: left)");
+    }
+    states
 }
 
 fn missing_text(missing: &[(String, String)]) -> String {
@@ -229,7 +250,7 @@ fn missing_text(missing: &[(String, String)]) -> String {
 
 /// Records a VXC's state, logging every change of it (a VXC going pending when its port
 /// interface disappears, coming back up, failing); the change as an event.
-fn set_state(
+pub(super) fn set_state(
     states: &mut HashMap<VxcId, VxcState>,
     id: VxcId,
     state: VxcState,

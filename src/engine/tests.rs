@@ -15,7 +15,7 @@ use super::{load_state, Engine, Journal, Kernel, Record, VxcState};
 use crate::config::Port;
 use crate::dataplane::{
     ApplyReport, Change as KernelChange, ConvergeReport, DataplaneError, EndCounters, KernelEvent,
-    ObjectChange, Observed, Orphan, Side, VxcOutcome, VxcSpec,
+    ObjectChange, Observed, Orphan, PortsQuieted, Side, VxcOutcome, VxcSpec,
 };
 use crate::domain::PortName;
 use crate::protocol::{parse_request, Failure};
@@ -165,9 +165,19 @@ impl Kernel for FakeKernel {
         Some("the fake kernel raises no events".into())
     }
 
+    async fn quiet_ports(&self, _obs: &Observed) -> PortsQuieted {
+        (vec![], vec![])
+    }
+
+    /// A read that shows no link at all: to a plan, every VXC's port interfaces are missing.
     async fn observe(&self) -> Result<Observed, DataplaneError> {
-        Err(DataplaneError::Connection(
-            "observe-only passes read a real kernel (host tier)".into(),
+        self.lock().calls.push("observe".into());
+        Ok(Observed::new(
+            Default::default(),
+            vec![],
+            Default::default(),
+            Default::default(),
+            Default::default(),
         ))
     }
 
@@ -583,4 +593,44 @@ async fn every_acknowledged_change_survives_compactions_and_restarts() {
     ids.sort();
     acknowledged.sort();
     assert_eq!(ids, acknowledged);
+}
+
+#[tokio::test]
+async fn a_pass_read_without_the_lock_never_overwrites_a_transaction_committed_meanwhile() {
+    let mut rig = with_v1().await;
+    rig.ok(key("k-2", "syd-1", 201)).await;
+    rig.ok(vxc("v-2", "k-2", 301, 100)).await;
+    rig.ok(key("k-3", "syd-1", 202)).await;
+    // 1. The pass begins: the state wants v-1 and v-2 as they are now.
+    let pass = rig.engine.begin_pass();
+    // 2. While it reads, transactions commit (the engine is free: the pass holds nothing of it).
+    rig.ok(vxc("v-1", "k-1", 300, 50)).await;
+    rig.ok(vxc("v-3", "k-3", 302, 100)).await;
+    rig.ok(delete("v-2")).await;
+    let found = pass.check().await;
+    // 3. The read (every port missing, as the fake reads it) is published only for what no
+    //    transaction touched since the pass began: nothing here.
+    rig.engine.finish_pass(found).await;
+    assert_eq!(
+        rig.state_of("v-1"),
+        Some(VxcState::Up),
+        "changed since: its own state"
+    );
+    assert_eq!(
+        rig.state_of("v-3"),
+        Some(VxcState::Up),
+        "made since: no orphan"
+    );
+    assert_eq!(rig.state_of("v-2"), None, "deleted since: not brought back");
+    assert_eq!(rig.vxc_ids(), ["v-1", "v-3"]);
+    // A pass begun after them all publishes its finding for each.
+    let found = rig.engine.begin_pass().check().await;
+    rig.engine.finish_pass(found).await;
+    for id in ["v-1", "v-3"] {
+        match rig.state_of(id) {
+            Some(VxcState::Pending(why)) => assert!(why.contains("is missing"), "{why}"),
+            other => panic!("{id}: expected pending, got {other:?}"),
+        }
+    }
+    assert!(rig.engine.reader().state().last_reconcile.is_some());
 }

@@ -630,7 +630,8 @@ pub fn host_binary(name: &str) -> Option<PathBuf> {
 fn run_archive(mode: &GuestMode, scenario_timeout_secs: u64) -> Result<Vec<u8>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding the test executable: {e}"))?;
     let mut binaries = vec![("/lab/testexe".to_string(), exe)];
-    for name in ["vxcd", "vxcctl"] {
+    // latency: examples/latency.rs, found next to the launcher (tests/lab/scale.sh uses it).
+    for name in ["vxcd", "vxcctl", "latency"] {
         if let Some(path) = host_binary(name).filter(|p| p.is_file()) {
             binaries.push((format!("/lab/{name}"), path));
         }

@@ -327,7 +327,12 @@ async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), Stri
         .events_with_buffer(config.reconcile.event_buffer_bytes)
         .await
         .map_err(|e| gone(&config, format!("subscribing to kernel events: {e}")))?;
+    let pass_reads = dataplane
+        .second_socket()
+        .await
+        .map_err(|e| gone(&config, format!("opening netlink: {e}")))?;
     let mut engine = Engine::new(model, store, dataplane, &ports, config.reconcile.repair);
+    engine.set_pass_kernel(pass_reads);
     engine.set_compact_every(config.state.compact_every);
     engine.restore_generation(generation);
     engine.set_core(config.core());

@@ -51,7 +51,7 @@ impl Dataplane {
             use netlink_sys::AsyncSocket;
             conn.socket_mut().socket_mut().bind_auto()
         } {
-            own.set_port_id(addr.port_number());
+            own.add_port_id(addr.port_number());
         }
         tokio::spawn(conn);
         Ok(Self {
@@ -61,6 +61,19 @@ impl Dataplane {
             port_interfaces: Vec::new(),
             own,
         })
+    }
+
+    /// The same dataplane on a netlink socket of its own, for long reads beside the requests:
+    /// the kernel runs one dump per socket at a time, so a whole-host read there never makes a
+    /// request's read-back wait. Its tc changes are vxcd's own too.
+    pub async fn second_socket(&self) -> Result<Self, DataplaneError> {
+        let mut twin = Self::connect(self.cfg).await?;
+        twin.port_interfaces = self.port_interfaces.clone();
+        if let Some(id) = twin.own.port_id() {
+            self.own.add_port_id(id);
+        }
+        twin.own = self.own.clone();
+        Ok(twin)
     }
 
     /// The port interfaces whose host IPv6 every convergence keeps off ([`Dataplane::quiet_port`]).

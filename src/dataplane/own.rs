@@ -21,8 +21,9 @@ use super::{KernelEvent, KernelObject, ObservedLink};
 
 #[derive(Debug, Default)]
 pub struct OwnChanges {
-    /// The request socket's netlink port id (0: unknown, nothing is taken for vxcd's).
-    port_id: AtomicU32,
+    /// The request sockets' netlink port ids (0: none, nothing is taken for vxcd's): the
+    /// requests' and the long reads' (`Dataplane::second_socket`).
+    port_ids: [AtomicU32; 2],
     /// The links vxcd cares about (its own, the port interfaces, the links it read by name), as
     /// it last read them: by a full dump, a VXC's read-back, a link read by name. Held only for
     /// the moment of a lookup or an insert, never across an await.
@@ -30,8 +31,21 @@ pub struct OwnChanges {
 }
 
 impl OwnChanges {
-    pub fn set_port_id(&self, port_id: u32) {
-        self.port_id.store(port_id, Ordering::Relaxed);
+    /// Takes the events that a request on this socket causes for vxcd's own (at most two).
+    pub fn add_port_id(&self, port_id: u32) {
+        for slot in &self.port_ids {
+            if slot
+                .compare_exchange(0, port_id, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The first socket's port id, if known.
+    pub fn port_id(&self) -> Option<u32> {
+        Some(self.port_ids[0].load(Ordering::Relaxed)).filter(|id| *id != 0)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, HashMap<String, ObservedLink>> {
@@ -79,10 +93,12 @@ impl OwnChanges {
 
     /// Whether vxcd caused `event` (`port_id`: the event message's netlink port id).
     pub fn caused(&self, event: &KernelEvent, port_id: u32) -> bool {
-        let own = self.port_id.load(Ordering::Relaxed);
         matches!(event.object, KernelObject::Qdisc | KernelObject::Filter)
-            && own != 0
-            && port_id == own
+            && port_id != 0
+            && self
+                .port_ids
+                .iter()
+                .any(|own| own.load(Ordering::Relaxed) == port_id)
     }
 }
 
@@ -107,7 +123,7 @@ mod tests {
         let own = OwnChanges::default();
         // Unknown port id: nothing is vxcd's.
         assert!(!own.caused(&event(KernelObject::Qdisc), 0));
-        own.set_port_id(77);
+        own.add_port_id(77);
         assert!(own.caused(&event(KernelObject::Qdisc), 77));
         assert!(own.caused(&event(KernelObject::Filter), 77));
         assert!(!own.caused(&event(KernelObject::Qdisc), 4242));

@@ -55,6 +55,10 @@ pub use verify::run_verify;
 pub struct Engine<K = Dataplane, J = Store<Record>> {
     store: J,
     dataplane: K,
+    /// The kernel the reconcile pass reads through without the engine lock: in the daemon, the
+    /// dataplane on a netlink socket of its own, so that its dumps never hold up a request's
+    /// (`Dataplane::second_socket`). `None`: `dataplane`.
+    pass_kernel: Option<K>,
     /// The model and what readers see, edited only here, after each commit.
     published: Published,
     /// False: observe-only, drift is reported but not repaired.
@@ -119,6 +123,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         Engine {
             store,
             dataplane,
+            pass_kernel: None,
             published,
             repair,
             compact_every: crate::config::DEFAULT_COMPACT_EVERY,
@@ -150,6 +155,11 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
     /// The last `sync` generation applied, as read from the state at start.
     pub fn restore_generation(&mut self, generation: Option<u64>) {
         self.published.edit(|s| s.generation = generation);
+    }
+
+    /// The kernel the reconcile pass reads through (`None`: the one transactions use).
+    pub fn set_pass_kernel(&mut self, kernel: K) {
+        self.pass_kernel = Some(kernel);
     }
 
     /// Sets the journal length that triggers a compaction (at least 1).
@@ -227,6 +237,9 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
         self.dataplane
             .set_port_interfaces(new.values().cloned().collect());
+        if let Some(kernel) = &mut self.pass_kernel {
+            kernel.set_port_interfaces(new.values().cloned().collect());
+        }
         self.published.edit(|s| {
             if let Some(model) = model {
                 s.model = model;

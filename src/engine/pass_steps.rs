@@ -57,7 +57,10 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
         drop(state);
         PassStart {
-            kernel: self.dataplane.clone(),
+            kernel: self
+                .pass_kernel
+                .clone()
+                .unwrap_or_else(|| self.dataplane.clone()),
             desired,
             unconfigured,
             repair: self.repair,

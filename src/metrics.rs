@@ -73,6 +73,8 @@ pub struct DaemonMetrics {
     pub own_event_bursts: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub store_write_seconds: Histogram,
+    /// Ops per group commit (`server/group.rs`): one durable write each.
+    pub write_group_ops: Histogram,
 }
 
 /// The daemon's metrics (one set per process).
@@ -87,6 +89,8 @@ pub fn daemon() -> &'static DaemonMetrics {
         requests: Family::default(),
         // 100 us .. about 3 s.
         store_write_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 15)),
+        // 1 .. 512 (engine::MAX_GROUP).
+        write_group_ops: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
     })
 }
 
@@ -124,6 +128,11 @@ pub async fn scrape(reader: &Reader) -> Result<String, String> {
         "own_event_bursts",
         "Bursts of kernel events that were all vxcd's own changes (no reconcile pass run)",
         d.own_event_bursts.clone(),
+    );
+    registry.register(
+        "write_group_ops",
+        "Writes per group commit: key.put, vxc.put and vxc.delete made durable by one journal write",
+        d.write_group_ops.clone(),
     );
     registry.register(
         "requests",

@@ -29,7 +29,7 @@ pub const MAX_BATCH: usize = 10_000;
 // The steps of a batch live in one Vec for the length of the request: boxing the larger variant
 // would buy nothing but an allocation per op.
 #[allow(clippy::large_enum_variant)]
-enum Step {
+pub(super) enum Step {
     Key(Change<ServiceKey>),
     Vxc {
         change: Change<Vxc>,
@@ -39,11 +39,35 @@ enum Step {
 }
 
 /// Kernel work done, and how to take it back.
-enum Done {
+pub(super) enum Done {
     Created(VxcSpec),
     /// Boxed: two specs side by side would make every `Done` that large.
     Reprogrammed(Box<(VxcSpec, VxcSpec, bool)>),
     Removed(VxcSpec),
+}
+
+impl Step {
+    /// What the journal keeps of this step (nothing for what is unchanged).
+    pub(super) fn records(&self) -> Vec<Record> {
+        match self {
+            Step::Key(Change::Unchanged(_))
+            | Step::Vxc {
+                change: Change::Unchanged(_),
+                ..
+            } => vec![],
+            Step::Key(change) => vec![Record::Key {
+                key: change.after().clone(),
+            }],
+            Step::Vxc { change, key_after } => key_after
+                .iter()
+                .map(|key| Record::Key { key: key.clone() })
+                .chain([Record::Vxc {
+                    vxc: change.after().clone(),
+                }])
+                .collect(),
+            Step::Delete(vxc) => vec![Record::VxcDeleted { id: vxc.id.clone() }],
+        }
+    }
 }
 
 fn not_applied(index: usize, failed: usize) -> Value {
@@ -249,28 +273,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
             i += 1;
         }
         // 3. One journal entry for the whole batch.
-        let mut records = Vec::new();
-        for step in &steps {
-            match step {
-                Step::Key(Change::Unchanged(_)) => {}
-                Step::Key(change) => records.push(Record::Key {
-                    key: change.after().clone(),
-                }),
-                Step::Vxc {
-                    change: Change::Unchanged(_),
-                    ..
-                } => {}
-                Step::Vxc { change, key_after } => {
-                    if let Some(key) = key_after {
-                        records.push(Record::Key { key: key.clone() });
-                    }
-                    records.push(Record::Vxc {
-                        vxc: change.after().clone(),
-                    });
-                }
-                Step::Delete(vxc) => records.push(Record::VxcDeleted { id: vxc.id.clone() }),
-            }
-        }
+        let records: Vec<Record> = steps.iter().flat_map(Step::records).collect();
         if let Err(failure) = self.persist(&records) {
             self.undo_batch(done).await;
             return Err(failure);
@@ -352,7 +355,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
 
     /// Takes back the kernel work of an atomic batch, last first. What cannot be taken back is
     /// left to the reconciler (the state does not hold it, so it is an orphan or drift).
-    async fn undo_batch(&self, done: Vec<Done>) {
+    pub(super) async fn undo_batch(&self, done: Vec<Done>) {
         for step in done.into_iter().rev() {
             let (id, result) = match step {
                 Done::Created(spec) => (

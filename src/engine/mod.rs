@@ -14,6 +14,7 @@
 mod batch;
 mod compact;
 mod events;
+mod group;
 mod inspect;
 mod journal;
 mod kernel;
@@ -43,6 +44,7 @@ use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
 pub use events::{report_violations, Event, EventKind, Events, Subscription, RING_SIZE};
+pub use group::{groupable, MAX_GROUP};
 pub use journal::Journal;
 pub use kernel::Kernel;
 pub use pass_steps::{PassCheck, PassStart};

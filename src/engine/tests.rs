@@ -634,3 +634,89 @@ async fn a_pass_read_without_the_lock_never_overwrites_a_transaction_committed_m
     }
     assert!(rig.engine.reader().state().last_reconcile.is_some());
 }
+
+fn op(request: Value) -> crate::protocol::Op {
+    parse_request(&serde_json::to_vec(&request).unwrap())
+        .map_err(|(_, f)| f.message)
+        .unwrap()
+        .op
+}
+
+#[tokio::test]
+async fn a_group_refuses_each_op_alone_and_makes_the_rest_durable_in_one_write() {
+    let mut rig = Rig::new();
+    rig.kernel.lock().refuse.insert("v-3".into());
+    let seq = rig.last_seq();
+    let answers = rig
+        .engine
+        .handle_group(vec![
+            op(key("k-1", "syd-1", 200)),
+            op(vxc("v-1", "k-1", 300, 100)),
+            // The key is spent by v-1, which the group made just before.
+            op(vxc("v-2", "k-1", 301, 100)),
+            op(key("k-3", "syd-1", 203)),
+            // Refused by the kernel: nothing of it stays, and k-3 stays unspent.
+            op(vxc("v-3", "k-3", 303, 100)),
+            op(key("k-4", "syd-1", 204)),
+            op(vxc("v-4", "k-4", 304, 100)),
+        ])
+        .await;
+    let codes: Vec<&str> = answers
+        .iter()
+        .map(|a| a.as_ref().map_or_else(|f| f.code, |_| "ok"))
+        .collect();
+    assert_eq!(
+        codes,
+        ["ok", "ok", "key_used", "ok", "dataplane", "ok", "ok"],
+        "{answers:?}"
+    );
+    assert_eq!(rig.kernel.programmed(), ["v-1", "v-4"]);
+    assert_eq!(rig.vxc_ids(), ["v-1", "v-4"]);
+    assert_eq!(rig.state_of("v-4"), Some(VxcState::Up));
+    let entries = std::fs::read_to_string(rig.dir.path().join("journal.log")).unwrap();
+    assert_eq!(
+        entries.lines().count(),
+        1,
+        "one write for the group: {entries}"
+    );
+    assert_eq!(rig.last_seq(), seq + 7, "3 keys, 2 VXCs, 2 keys spent");
+    // k-3 was not spent: v-3 goes through once the kernel takes it.
+    rig.kernel.lock().refuse.clear();
+    rig.ok(vxc("v-3", "k-3", 303, 100)).await;
+    let rig = rig.restart();
+    assert_eq!(rig.vxc_ids(), ["v-1", "v-3", "v-4"]);
+}
+
+#[tokio::test]
+async fn a_group_whose_write_fails_refuses_every_op_and_takes_the_kernel_back() {
+    let mut rig = with_v1().await;
+    rig.ok(key("k-2", "syd-1", 201)).await;
+    let seq = rig.last_seq();
+    rig.fail_next.store(1, Ordering::SeqCst);
+    let answers = rig
+        .engine
+        .handle_group(vec![
+            op(delete("v-1")),
+            op(vxc("v-2", "k-2", 301, 100)),
+            op(vxc("v-9", "k-9", 309, 100)),
+        ])
+        .await;
+    let codes: Vec<&str> = answers
+        .iter()
+        .map(|a| a.as_ref().map_or_else(|f| f.code, |_| "ok"))
+        .collect();
+    assert_eq!(
+        codes,
+        ["internal", "internal", "unknown_key"],
+        "{answers:?}"
+    );
+    assert!(answers[0]
+        .as_ref()
+        .is_err_and(|f| f.message.contains("nothing changed")));
+    assert_eq!(rig.kernel.programmed(), ["v-1"], "v-1 back, v-2 taken out");
+    assert_eq!(rig.vxc_ids(), ["v-1"]);
+    assert_eq!(rig.state_of("v-1"), Some(VxcState::Up));
+    assert_eq!(rig.last_seq(), seq);
+    let rig = rig.restart();
+    assert_eq!(rig.vxc_ids(), ["v-1"]);
+}

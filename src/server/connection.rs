@@ -114,6 +114,12 @@ pub(super) async fn connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        if let Some(writes) = pipelined_writes(line, &mut buf, &mut slot, peer, &control) {
+            if !answer_writes(&mut stream, writes, peer, fd, &control, idle).await {
+                return;
+            }
+            continue;
+        }
         match respond(line, peer, fd, &control, &mut shutdown).await {
             None => return,
             Some(Responded::Watch(request)) => {
@@ -126,6 +132,86 @@ pub(super) async fn connection(
             }
         }
     }
+}
+
+/// Longest line looked at for a group: a key or VXC put is far shorter; a longer line (a `sync`,
+/// a `batch`) is answered alone, and parsed once.
+const GROUP_LINE: usize = 64 * 1024;
+
+/// A write a group may take (`engine::groupable`), parsed; `None` for anything else.
+fn groupable_request(line: &[u8], peer: Peer, control: &Control) -> Option<Request> {
+    if line.len() > GROUP_LINE || !control.may_change(peer) {
+        return None;
+    }
+    protocol::parse_request(line)
+        .ok()
+        .filter(|request| crate::engine::groupable(&request.op))
+}
+
+/// `line` and the lines after it already read (pipelined), as long as each is a write a group
+/// may take: they are applied as one group, with one durable write. `None`: `line` is not such
+/// a write (it is answered alone). Nothing more is read from the socket for it: the group is what
+/// the peer had sent when its first line was read.
+fn pipelined_writes(
+    line: &[u8],
+    buf: &mut Vec<u8>,
+    slot: &mut Slot,
+    peer: Peer,
+    control: &Control,
+) -> Option<Vec<Request>> {
+    let first = groupable_request(line, peer, control)?;
+    let mut writes = vec![first];
+    while writes.len() < crate::engine::MAX_GROUP {
+        let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let next = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+        let Some(request) = groupable_request(next, peer, control) else {
+            break;
+        };
+        writes.push(request);
+        buf.drain(..=end);
+    }
+    if buf.is_empty() {
+        *buf = Vec::new();
+        slot.cover(0);
+    }
+    Some(writes)
+}
+
+/// Answers pipelined writes, in order, once their group is in the kernel and on disk; false when
+/// the peer has gone.
+async fn answer_writes(
+    stream: &mut UnixStream,
+    writes: Vec<Request>,
+    peer: Peer,
+    fd: RawFd,
+    control: &Control,
+    idle: Duration,
+) -> bool {
+    if !peer_connected(fd) {
+        return false;
+    }
+    let mut named = Vec::with_capacity(writes.len());
+    let mut ops = Vec::with_capacity(writes.len());
+    for request in writes {
+        named.push((request.id, request.op.name(), request.op.object()));
+        ops.push(request.op);
+    }
+    let answers = control.answer_group(ops, move || peer_connected(fd)).await;
+    for ((id, op, object), answered) in named.into_iter().zip(answers) {
+        crate::metrics::count_request(op, answered.as_ref().err().map_or("ok", |f| f.code));
+        control.audit(peer, op, &object, answered.as_ref().err());
+        let line = match answered {
+            Ok(result) => protocol::success_line(&id, result),
+            Err(failure) if failure.code == "gone" => return false,
+            Err(failure) => protocol::failure_line(&id, &failure),
+        };
+        if !send(stream, line, idle).await {
+            return false;
+        }
+    }
+    true
 }
 
 pub(super) enum Responded {

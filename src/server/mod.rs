@@ -13,6 +13,7 @@ use crate::engine::{Engine, Reader};
 use crate::protocol::{self, Failure, Op, Request};
 
 mod connection;
+mod group;
 mod listen;
 
 use listen::RateLog;
@@ -45,6 +46,8 @@ pub struct Control {
     /// ... and readers' answers computed but not yet written beyond [`FREE_ANSWER`] each.
     answer_budget: Arc<Semaphore>,
     answer_budget_bytes: usize,
+    /// Writes waiting to be led into the engine as one group (`group.rs`).
+    pending: group::Pending,
 }
 
 /// Bytes of an answer any connection may hold without drawing on the budget (2,000 connections
@@ -73,6 +76,7 @@ impl Control {
             answer_budget: Arc::new(Semaphore::new(answer_budget_bytes)),
             answer_budget_bytes,
             refusals: Mutex::new(RateLog::new()),
+            pending: group::Pending::default(),
         }
     }
 
@@ -97,7 +101,7 @@ impl Control {
     /// The audit log: every change and every refused change, with who asked (journald fields
     /// `UID`, `OP`, `OBJECT`, `OUTCOME`). A reader's refused attempts are logged at a bounded
     /// rate: they are the one kind a local user can send without limit.
-    fn audit(&self, peer: Peer, op: &str, object: &str, failure: Option<&Failure>) {
+    pub(super) fn audit(&self, peer: Peer, op: &str, object: &str, failure: Option<&Failure>) {
         match failure {
             None => log::info!(
                 uid = peer.uid, op = op, object = object, outcome = "ok";
@@ -120,7 +124,7 @@ impl Control {
         }
     }
 
-    fn may_change(&self, peer: Peer) -> bool {
+    pub(super) fn may_change(&self, peer: Peer) -> bool {
         peer.uid == 0 || self.access().writer_uids.contains(&peer.uid)
     }
 

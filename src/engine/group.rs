@@ -1,0 +1,255 @@
+//! Group commit: `key.put`, `vxc.put` and `vxc.delete` requests that arrive together (pipelined
+//! on one connection, or from several connections while the engine was busy) are applied as if
+//! each came alone, and made durable together.
+//!
+//! Each op is checked against the state as the ops before it in the group left it (a scratch
+//! copy), then programmed in the kernel; an op refused by a rule or by the kernel is refused
+//! alone (the kernel's per-VXC atomicity leaves nothing of it) and the group goes on. Then every
+//! record of the ops that went through is written in **one** journal entry: one `fdatasync` for
+//! the group. Only after it are the scratch model and states published and the answers sent, so
+//! no answer says "done" before its change is both in the kernel and on disk. A failed write
+//! refuses every op that went through and takes their kernel work back, last first: each op is
+//! still all or nothing, and a kill -9 before the sync leaves nothing acknowledged (replay sees
+//! the entry whole or not at all; kernel objects of no VXC in the state are orphans at start).
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use super::batch::{Done, Step};
+use super::{Engine, EventKind, Journal, Kernel, Record, VxcState};
+use crate::domain::Change;
+use crate::protocol::{Failure, Op};
+
+/// Most ops in one group: the scratch copy is O(state), so a group must be worth it, and a long
+/// group delays its first answer.
+pub const MAX_GROUP: usize = 512;
+
+/// Whether an op may join a group.
+pub fn groupable(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::KeyPut { .. } | Op::VxcPut { .. } | Op::VxcDelete { .. }
+    )
+}
+
+impl<K: Kernel, J: Journal> Engine<K, J> {
+    /// Applies `ops` (each [`groupable`]) as one group; one answer per op, in order. A group of
+    /// one is a plain [`Engine::handle`].
+    pub async fn handle_group(&mut self, mut ops: Vec<Op>) -> Vec<Result<Value, Failure>> {
+        if ops.len() == 1 {
+            if let Some(op) = ops.pop() {
+                return vec![self.handle(op).await];
+            }
+        }
+        let answers = self.group(ops).await;
+        self.compaction_step().await;
+        answers
+    }
+
+    async fn group(&mut self, ops: Vec<Op>) -> Vec<Result<Value, Failure>> {
+        let now = OffsetDateTime::now_utc();
+        let mut scratch = (*self.published.load()).clone();
+        let mut done: Vec<Done> = Vec::new();
+        // Per op: the step it took, or why it was refused.
+        let mut outcomes: Vec<Result<Step, Failure>> = Vec::with_capacity(ops.len());
+        for op in ops {
+            let outcome = match op {
+                Op::KeyPut { key } => match scratch.model.plan_key(&key) {
+                    Ok(change) => {
+                        scratch.model.commit_key(change.clone());
+                        Ok(Step::Key(change))
+                    }
+                    Err(e) => Err(Failure::from(e)),
+                },
+                Op::VxcPut { vxc } => match scratch.model.plan_vxc(&vxc, now) {
+                    Err(e) => Err(Failure::from(e)),
+                    Ok(plan) => {
+                        let step = Step::Vxc {
+                            change: plan.change.clone(),
+                            key_after: plan.key_after.clone(),
+                        };
+                        let programmed = match &plan.change {
+                            Change::Unchanged(_) => Ok(None),
+                            Change::Created(vxc) => match scratch.spec(vxc) {
+                                None => Ok(Some((vxc.id.clone(), Self::unconfigured(vxc)))),
+                                Some(spec) => self.program(&spec).await.map(|state| {
+                                    if state == VxcState::Up {
+                                        done.push(Done::Created(spec));
+                                    }
+                                    Some((vxc.id.clone(), state))
+                                }),
+                            },
+                            Change::Updated { before, after } => {
+                                let up = scratch.states.get(&after.id) == Some(&VxcState::Up);
+                                let moved = before.a_end.vlan != after.a_end.vlan;
+                                let reprogram = up
+                                    && (before.rate_mbps != after.rate_mbps
+                                        || before.shutdown != after.shutdown
+                                        || moved);
+                                match (reprogram, scratch.spec(before), scratch.spec(after)) {
+                                    (true, Some(old), Some(new)) => {
+                                        match self.reprogram(&old, &new, moved).await {
+                                            Ok(()) => {
+                                                done.push(Done::Reprogrammed(Box::new((
+                                                    old, new, moved,
+                                                ))));
+                                                Ok(None)
+                                            }
+                                            Err(f) => Err(f),
+                                        }
+                                    }
+                                    _ => Ok(None),
+                                }
+                            }
+                        };
+                        programmed.map(|state| {
+                            scratch.model.commit_vxc(plan);
+                            if let Some((id, state)) = state {
+                                scratch.states.insert(id, state);
+                            }
+                            step
+                        })
+                    }
+                },
+                Op::VxcDelete { id } => match scratch.model.plan_delete_vxc(&id).cloned() {
+                    Err(e) => Err(Failure::from(e)),
+                    Ok(vxc) => {
+                        let up = scratch.states.get(&vxc.id) == Some(&VxcState::Up);
+                        let removed = match scratch.spec(&vxc) {
+                            None => Ok(()),
+                            Some(spec) => match self.dataplane.remove(&spec).await {
+                                Ok(()) => {
+                                    if up {
+                                        done.push(Done::Removed(spec));
+                                    }
+                                    Ok(())
+                                }
+                                Err(e) => Err(Failure::dataplane(e.to_string())),
+                            },
+                        };
+                        removed.map(|()| {
+                            scratch.model.commit_delete_vxc(&vxc.id);
+                            scratch.states.remove(&vxc.id);
+                            Step::Delete(vxc)
+                        })
+                    }
+                },
+                other => Err(Failure::internal(format!(
+                    "{} cannot be in a group",
+                    other.name()
+                ))),
+            };
+            outcomes.push(outcome);
+        }
+        // One journal entry for every op that went through.
+        let records: Vec<Record> = outcomes.iter().flatten().flat_map(Step::records).collect();
+        if !records.is_empty() {
+            if let Err(failure) = self.persist(&records) {
+                self.undo_batch(done).await;
+                return outcomes
+                    .into_iter()
+                    .map(|o| o.and_then(|_| Err(failure.clone())))
+                    .collect();
+            }
+        }
+        let peers = outcomes.iter().flatten().any(|s| match s {
+            Step::Vxc {
+                change: Change::Created(vxc),
+                ..
+            } => vxc.peer().is_some(),
+            _ => false,
+        });
+        self.published.edit(|s| {
+            s.model = scratch.model;
+            s.states = scratch.states;
+        });
+        if peers {
+            // Their answers say at once whether their customers' frames fit the core.
+            let core_mtu = self.read_core_mtu().await;
+            self.published.edit(|s| s.core_mtu = core_mtu);
+        }
+        let state = self.published.load();
+        let mut events = Vec::new();
+        let answers: Vec<Result<Value, Failure>> = outcomes
+            .iter()
+            .map(|outcome| {
+                let step = outcome.as_ref().map_err(Clone::clone)?;
+                Ok(match step {
+                    Step::Key(change) => {
+                        let key = change.after();
+                        if !matches!(change, Change::Unchanged(_)) {
+                            log::info!(key = key.id.as_str(), port = key.port.as_str(); "service key {} stored", key.id);
+                            events.push(EventKind::KeyStored {
+                                key: key.id.to_string(),
+                            });
+                        }
+                        json!({"key": state.key_view(key, now)})
+                    }
+                    Step::Vxc { change, key_after } => {
+                        let vxc = change.after();
+                        let id = vxc.id.to_string();
+                        match change {
+                            Change::Created(_) => {
+                                let now_state = state.states.get(&vxc.id);
+                                log::info!(vxc = vxc.id.as_str(), key = vxc.service_key.as_str(); "VXC {id} created: {}", now_state.map_or("new", VxcState::name));
+                                events.push(EventKind::VxcCreated { vxc: id.clone() });
+                                if let Some(key) = key_after.as_ref().filter(|k| k.single_use) {
+                                    events.push(EventKind::KeyUsed {
+                                        key: key.id.to_string(),
+                                        vxc: id.clone(),
+                                    });
+                                }
+                                if let Some(s) = now_state {
+                                    events.push(EventKind::VxcState {
+                                        vxc: id,
+                                        old: "new".into(),
+                                        new: s.name().into(),
+                                        reason: s.reason(),
+                                    });
+                                }
+                            }
+                            Change::Updated { before, after } => {
+                                log::info!(vxc = vxc.id.as_str(); "VXC {id} updated");
+                                events.push(EventKind::VxcUpdated {
+                                    vxc: id,
+                                    changed: super::txn::changed_fields(before, after),
+                                });
+                            }
+                            Change::Unchanged(_) => {}
+                        }
+                        json!({"vxc": state.vxc_view(vxc, None)})
+                    }
+                    Step::Delete(vxc) => {
+                        log::info!(vxc = vxc.id.as_str(); "VXC {} deleted", vxc.id);
+                        events.push(EventKind::VxcDeleted {
+                            vxc: vxc.id.to_string(),
+                        });
+                        json!({"deleted": vxc.id})
+                    }
+                })
+            })
+            .collect();
+        drop(state);
+        for step in outcomes.iter().flatten() {
+            match step {
+                Step::Vxc {
+                    change: Change::Updated { before, after },
+                    ..
+                } if before.a_end.vlan != after.a_end.vlan => {
+                    self.inspect_changed(before);
+                    self.inspect_changed(after);
+                }
+                Step::Vxc {
+                    change: Change::Created(vxc),
+                    ..
+                }
+                | Step::Delete(vxc) => self.inspect_changed(vxc),
+                _ => {}
+            }
+        }
+        for event in events {
+            self.events.emit(event);
+        }
+        answers
+    }
+}

@@ -75,6 +75,13 @@ fn a_burst_of_puts_runs_no_pass_of_its_own_and_drift_made_in_it_is_repaired() {
         .iter()
         .map(|(p, i)| (p.as_str(), i.as_str()))
         .collect();
+    // Links born with IPv6 address generation off (the namespace's default): vxcd creates its
+    // tunnels up and promiscuous in one request (`dataplane/end.rs`, `born_up`).
+    assert!(edge.exec_ok(&[
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv6/conf/default/addr_gen_mode"
+    ]));
     let vxcd = Daemon::start(
         &edge,
         &ports,
@@ -128,6 +135,17 @@ fn a_burst_of_puts_runs_no_pass_of_its_own_and_drift_made_in_it_is_repaired() {
         after_drift + 1,
         "a pass for the tunnel set down by hand, none for the burst or the foreign link"
     );
+    // Born up: up, promiscuous, marked, and without a link-local address.
+    for n in [1, 9, 24] {
+        let name = format!("vxc{}", 1000 + n);
+        let shown = edge.ip(&["-d", "link", "show", "dev", &name]);
+        assert!(
+            shown.contains("PROMISC") && shown.contains(",UP"),
+            "{shown}"
+        );
+        assert!(shown.contains(&format!("alias vxcd:t-{n}:")), "{shown}");
+        assert_eq!(edge.ip(&["-6", "addr", "show", "dev", &name]).trim(), "");
+    }
     let log = vxcd.log();
     assert!(
         log.contains("kernel change not of vxcd's making: VXC t-20"),

@@ -4,7 +4,7 @@
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVlan, LinkAttribute,
-    LinkInfo, LinkMessage,
+    LinkInfo,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -240,7 +240,7 @@ impl Dataplane {
         label: &str,
         j: &mut Journal,
     ) -> Result<u32, DataplaneError> {
-        let mut msg = LinkMessage::default();
+        let mut msg = flags_msg(0, born_up(), born_up());
         msg.attributes = vec![
             LinkAttribute::IfName(name.to_string()),
             LinkAttribute::Link(parent.index),
@@ -374,10 +374,10 @@ impl Dataplane {
         Ok(())
     }
 
-    /// A link vxcd just created: journaled (undone by deleting it), marked as vxcd's (alias,
-    /// IPv6 off) and set up. The kernel ignores IFLA_IFALIAS in RTM_NEWLINK; the address
-    /// generation mode must be set before the link goes up, or the link-local address is
-    /// already made.
+    /// A link vxcd just created (up and promiscuous already when [`born_up`]): journaled (undone
+    /// by deleting it), marked as vxcd's (alias, IPv6 off) and set up. The kernel ignores
+    /// IFLA_IFALIAS in RTM_NEWLINK; the address generation mode must be set before the link
+    /// goes up, or the link-local address is already made.
     pub(super) async fn mark_new_link(
         &self,
         index: u32,
@@ -396,12 +396,17 @@ impl Dataplane {
             }),
         );
         let mut mark = link_msg(index);
-        mark.attributes = vec![
-            LinkAttribute::IfAlias(owner_alias(&vxc.id, side)),
-            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
-                In6AddrGenMode::None,
-            )])]),
-        ];
+        mark.attributes = vec![LinkAttribute::IfAlias(owner_alias(&vxc.id, side))];
+        if born_up() {
+            return self
+                .ack(RouteNetlinkMessage::SetLink(mark), 0)
+                .await
+                .map_err(|e| kernel_err("marking (alias)", label, e));
+        }
+        mark.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
         self.ack(RouteNetlinkMessage::SetLink(mark), 0)
             .await
             .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
@@ -413,4 +418,18 @@ impl Dataplane {
         .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
         Ok(())
     }
+}
+
+/// Whether a link is born with IPv6 address generation off in this network namespace: IPv6 is
+/// not there at all, or the namespace's default (`net.ipv6.conf.default.addr_gen_mode`, read per
+/// namespace by the reading task) is `none` already. Then a new end link is created up and
+/// promiscuous in its creation request, one request fewer per end; else it is created down,
+/// IPv6 switched off, then set up (the order matters: going up makes the link-local address).
+pub(super) fn born_up() -> bool {
+    let conf = std::path::Path::new("/proc/sys/net/ipv6/conf/default");
+    if !conf.exists() {
+        return std::path::Path::new("/proc/sys/net").exists();
+    }
+    std::fs::read_to_string(conf.join("addr_gen_mode"))
+        .is_ok_and(|mode| mode.trim() == plan::ADDR_GEN_MODE_NONE.to_string())
 }

@@ -1,7 +1,7 @@
 //! A tunnel end: the VXLAN device of a VXC whose other end is on a peer edge host.
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoKind, LinkAttribute, LinkInfo};
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::nl::Errno;
@@ -96,7 +96,7 @@ impl Dataplane {
         j: &mut Journal,
     ) -> Result<u32, DataplaneError> {
         let name = vxc.end(side).interface.clone();
-        let mut msg = LinkMessage::default();
+        let mut msg = flags_msg(0, super::end::born_up(), super::end::born_up());
         msg.attributes = vec![
             LinkAttribute::IfName(name.clone()),
             LinkAttribute::Group(self.cfg.owner_group),

@@ -50,6 +50,10 @@ LARGEST=$(for s in $SIZES; do echo $s; done | sort -n | tail -1)
 
 $IP netns add edge; $IP netns add far
 $IP -n edge link set lo up
+# IPv6 address generation off by default in the edge namespace, for the reference and vxcd alike:
+# neither makes link-local addresses on its subinterfaces (vxcd then creates each up in one
+# request, as the reference does).
+$IP netns exec edge sh -c 'echo 1 > /proc/sys/net/ipv6/conf/default/addr_gen_mode'
 $IP link add cust0 netns edge type veth peer name c0 netns far
 $IP link add prov0 netns edge type veth peer name p0 netns far
 $IP -n edge link set cust0 up; $IP -n edge link set prov0 up

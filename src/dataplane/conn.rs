@@ -81,10 +81,6 @@ impl Dataplane {
         self.port_interfaces = interfaces;
     }
 
-    pub fn config(&self) -> &DataplaneConfig {
-        &self.cfg
-    }
-
     pub(super) async fn dump(
         &self,
         payload: RouteNetlinkMessage,

@@ -235,10 +235,6 @@ impl Injector {
         })
     }
 
-    pub fn tap_name(&self) -> &str {
-        &self.name
-    }
-
     /// Hands `frame` to the receive path of the target port interface.
     pub fn inject(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: `frame` is a valid buffer of the length passed.

@@ -1,11 +1,12 @@
-//! The dataplane: one rtnetlink connection in the namespace it was opened in. Requests that expect
-//! an ack are pipelined on it; dumps are serialized (the kernel runs one dump per socket).
+//! The dataplane: one rtnetlink connection in the namespace it was opened in, where requests that
+//! expect an ack are pipelined, and a socket for dumps beside it.
 
 use std::sync::Arc;
 
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
+use super::dump::DumpSocket;
 use super::nl::{self, ReqError};
 use super::plan::{self, Plan};
 use super::{DataplaneConfig, DataplaneError, Observed, VxcSpec};
@@ -15,9 +16,10 @@ use super::{DataplaneConfig, DataplaneError, Observed, VxcSpec};
 pub struct Dataplane {
     pub(super) handle: Handle,
     pub(super) cfg: DataplaneConfig,
-    /// The kernel runs one dump per netlink socket at a time (a second one gets EBUSY);
-    /// other requests are pipelined freely.
-    pub(super) dump_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Dumps run on a socket of their own, read as they come (`dump.rs`); the kernel runs one
+    /// dump per netlink socket at a time, so they wait for each other. Other requests are
+    /// pipelined freely on `handle`.
+    pub(super) dumps: Arc<tokio::sync::Mutex<DumpSocket>>,
     /// The port interfaces: kept free of the host's own IPv6 (no link-local address, so no ND,
     /// MLD or router solicitation leaves towards a customer) at every convergence.
     pub(super) port_interfaces: Vec<String>,
@@ -57,7 +59,7 @@ impl Dataplane {
         Ok(Self {
             handle,
             cfg,
-            dump_lock: Arc::new(tokio::sync::Mutex::new(())),
+            dumps: Arc::new(tokio::sync::Mutex::new(DumpSocket::open()?)),
             port_interfaces: Vec::new(),
             own,
         })
@@ -81,13 +83,13 @@ impl Dataplane {
         self.port_interfaces = interfaces;
     }
 
-    pub(super) async fn dump(
+    pub(super) async fn dump<T>(
         &self,
         payload: RouteNetlinkMessage,
         what: &str,
-    ) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
-        let _one_dump_at_a_time = self.dump_lock.lock().await;
-        nl::dump(&self.handle, payload, what).await
+        keep: impl FnMut(RouteNetlinkMessage) -> Option<T>,
+    ) -> Result<Vec<T>, DataplaneError> {
+        self.dumps.lock().await.dump(payload, what, keep).await
     }
 
     pub(super) async fn ack(

@@ -193,12 +193,13 @@ impl Dataplane {
             .dump(
                 RouteNetlinkMessage::GetAddress(AddressMessage::default()),
                 "addresses",
+                |m| match m {
+                    RouteNetlinkMessage::NewAddress(a) => Some(a),
+                    _ => None,
+                },
             )
             .await?;
-        for m in addresses {
-            let RouteNetlinkMessage::NewAddress(a) = m else {
-                continue;
-            };
+        for a in addresses {
             let link_local = a.attributes.iter().any(|attr| {
                 matches!(attr, AddressAttribute::Address(IpAddr::V6(ip))
                     if ip.segments()[0] & 0xffc0 == 0xfe80)

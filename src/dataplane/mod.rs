@@ -85,6 +85,7 @@ mod apply;
 mod conn;
 mod converge;
 mod drift;
+mod dump;
 mod end;
 mod events;
 mod msg;

@@ -1,18 +1,12 @@
-//! Netlink transport: one rtnetlink connection, acked requests and dumps that are
-//! retried when the kernel flags them `NLM_F_DUMP_INTR`.
+//! Netlink transport: acked requests and single reads on one rtnetlink connection (dumps have
+//! a socket of their own: `dump.rs`).
 
 use futures::StreamExt;
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
-
-use super::DataplaneError;
-
-/// How many times an interrupted dump is restarted before giving up.
-const DUMP_ATTEMPTS: usize = 8;
 
 /// A kernel error: the positive errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +26,10 @@ pub enum ReqError {
     Connection(String),
 }
 
-fn message(payload: RouteNetlinkMessage, flags: u16) -> NetlinkMessage<RouteNetlinkMessage> {
+pub(super) fn message(
+    payload: RouteNetlinkMessage,
+    flags: u16,
+) -> NetlinkMessage<RouteNetlinkMessage> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(payload));
@@ -86,48 +83,4 @@ pub async fn get(
         }
     }
     Ok(out)
-}
-
-/// Sends a dump request and collects the answers, restarting it while the kernel marks
-/// it interrupted by a concurrent change (`NLM_F_DUMP_INTR`, which neither rtnetlink
-/// nor netlink-proto checks).
-pub async fn dump(
-    handle: &Handle,
-    payload: RouteNetlinkMessage,
-    what: &str,
-) -> Result<Vec<RouteNetlinkMessage>, DataplaneError> {
-    for _ in 0..DUMP_ATTEMPTS {
-        let mut handle = handle.clone();
-        let mut responses = handle
-            .request(message(payload.clone(), NLM_F_DUMP))
-            .map_err(|e| DataplaneError::Connection(format!("dumping {what}: {e}")))?;
-        let mut out = Vec::new();
-        let mut interrupted = false;
-        while let Some(msg) = responses.next().await {
-            if msg.header.flags & NLM_F_DUMP_INTR != 0 {
-                interrupted = true;
-            }
-            match msg.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                NetlinkPayload::Error(err) => {
-                    if let Some(code) = err.code {
-                        return Err(DataplaneError::Kernel {
-                            action: "dumping".into(),
-                            object: what.to_string(),
-                            errno: Errno(-code.get()),
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        if !interrupted {
-            return Ok(out);
-        }
-        log::debug!("dump of {what} interrupted by a concurrent change; restarting");
-    }
-    Err(DataplaneError::DumpInterrupted {
-        what: what.to_string(),
-        attempts: DUMP_ATTEMPTS,
-    })
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures::stream::{self, StreamExt};
 use netlink_packet_core::NLM_F_ECHO;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkMessage};
 use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -23,31 +23,29 @@ impl Dataplane {
     /// Reads the kernel: one link dump, one qdisc dump, and filter dumps of the ingress
     /// qdiscs only; interrupted dumps are retried.
     pub async fn observe(&self) -> Result<Observed, DataplaneError> {
-        let links = self
-            .dump(
-                RouteNetlinkMessage::GetLink(LinkMessage::default()),
-                "links",
-            )
-            .await?;
-        let qdiscs = self
-            .dump(
-                RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
-                "qdiscs",
-            )
-            .await?;
-        let links: Vec<ObservedLink> = links
-            .into_iter()
-            .filter_map(|m| match m {
+        // Without the counters: they are most of a link's message, and vxcd reads none of them.
+        let mut ask = LinkMessage::default();
+        ask.attributes = vec![LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])];
+        let links: Vec<ObservedLink> = self
+            .dump(RouteNetlinkMessage::GetLink(ask), "links", |m| match m {
                 RouteNetlinkMessage::NewLink(l) => parse_link(l),
                 _ => None,
             })
-            .collect();
+            .await?;
+        let qdiscs: Vec<TcMessage> = self
+            .dump(
+                RouteNetlinkMessage::GetQueueDiscipline(TcMessage::default()),
+                "qdiscs",
+                |m| match m {
+                    RouteNetlinkMessage::NewQueueDiscipline(q) => Some(q),
+                    _ => None,
+                },
+            )
+            .await?;
         let mut root_qdiscs = HashMap::new();
         let mut ingress = HashSet::new();
-        for m in qdiscs {
-            if let RouteNetlinkMessage::NewQueueDiscipline(q) = m {
-                note_qdisc(q, &mut root_qdiscs, &mut ingress);
-            }
+        for q in qdiscs {
+            note_qdisc(q, &mut root_qdiscs, &mut ingress);
         }
         let filters = self.read_filters(&ingress).await?;
         let group = self.cfg.owner_group;
@@ -286,15 +284,19 @@ impl Dataplane {
     ) -> Result<IngressFilters, DataplaneError> {
         let req = tc_msg(index, 0, INGRESS_HANDLE, 0, vec![]);
         let what = format!("ingress filters of ifindex {index}");
-        let msgs = self
-            .dump(RouteNetlinkMessage::GetTrafficFilter(req), &what)
+        let filters = self
+            .dump(
+                RouteNetlinkMessage::GetTrafficFilter(req),
+                &what,
+                |m| match m {
+                    RouteNetlinkMessage::NewTrafficFilter(f) => Some(f),
+                    _ => None,
+                },
+            )
             .await?;
         let mut out = IngressFilters::default();
         let mut foreign_prios = HashSet::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
-                continue;
-            };
+        for f in filters {
             let prio = (f.header.info >> 16) as u16;
             let handle = u32::from(f.header.handle);
             if prio != PIPE_FILTER_PRIO {

@@ -1,7 +1,8 @@
 //! `batch`: many changes in one request, one answer per op in order.
 //!
-//! - `atomic: false`: each op is applied as if it came alone (in the kernel and on disk before
-//!   the next); a refused op does not stop the others.
+//! - `atomic: false`: each op is applied as if it came alone; a refused op does not stop the
+//!   others. Runs of changes are applied as groups ([`super::group`]): one durable write per
+//!   run, before any answer.
 //! - `atomic: true`: all or none. Every op is checked on a scratch copy of the model, in order
 //!   (each sees the ones before it); then the kernel work is done op by op, and undone in reverse
 //!   if any step is refused; then every record goes to disk in **one** journal entry (one
@@ -17,6 +18,7 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::group::{groupable, MAX_GROUP};
 use super::{Engine, EventKind, Journal, Kernel, Record, VxcState};
 use crate::dataplane::VxcSpec;
 use crate::domain::{Change, ServiceKey, Vxc};
@@ -115,11 +117,30 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
         if !atomic {
             let mut results = Vec::with_capacity(ops.len());
-            for op in ops {
-                results.push(match Box::pin(self.dispatch(op)).await {
+            let mut answer = |outcome: Result<Value, Failure>| {
+                results.push(match outcome {
                     Ok(result) => json!({"ok": true, "result": result}),
                     Err(failure) => json!({"ok": false, "error": failure_value(&failure)}),
-                });
+                })
+            };
+            // A run of changes is applied as a group: each op as if alone, one durable write
+            // for the run (one `fdatasync` per op made 1000 puts 7 times slower than pipelined).
+            let mut ops = ops.into_iter().peekable();
+            while let Some(op) = ops.next() {
+                if !groupable(&op) {
+                    answer(Box::pin(self.dispatch(op)).await);
+                    continue;
+                }
+                let mut run = vec![op];
+                while run.len() < MAX_GROUP {
+                    match ops.next_if(groupable) {
+                        Some(op) => run.push(op),
+                        None => break,
+                    }
+                }
+                for outcome in Box::pin(self.handle_group(run)).await {
+                    answer(outcome);
+                }
             }
             return Ok(json!({"atomic": false, "results": results}));
         }

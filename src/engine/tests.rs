@@ -30,6 +30,8 @@ struct KernelState {
     present: BTreeSet<String>,
     /// VXC ids whose apply the kernel refuses.
     refuse: BTreeSet<String>,
+    /// VXC ids whose removal the kernel refuses.
+    refuse_remove: BTreeSet<String>,
     calls: Vec<String>,
 }
 
@@ -103,6 +105,12 @@ impl Kernel for FakeKernel {
     async fn remove(&self, spec: &VxcSpec) -> Result<(), DataplaneError> {
         let mut state = self.lock();
         state.calls.push(format!("remove {}", spec.id));
+        if state.refuse_remove.contains(&spec.id) {
+            return Err(DataplaneError::Foreign {
+                object: format!("end link of VXC {}", spec.id),
+                detail: "the kernel refuses its deletion".into(),
+            });
+        }
         state.vxcs.remove(&spec.id);
         Ok(())
     }
@@ -121,10 +129,22 @@ impl Kernel for FakeKernel {
     async fn remove_many(&self, specs: &[VxcSpec]) -> Result<(), DataplaneError> {
         let mut state = self.lock();
         state.calls.push(format!("remove_many {}", specs.len()));
+        // As the real one can: what the kernel takes is gone, then the refusal.
+        let mut refused = None;
         for spec in specs {
-            state.vxcs.remove(&spec.id);
+            if state.refuse_remove.contains(&spec.id) {
+                refused = Some(spec.id.clone());
+            } else {
+                state.vxcs.remove(&spec.id);
+            }
         }
-        Ok(())
+        match refused {
+            None => Ok(()),
+            Some(id) => Err(DataplaneError::Foreign {
+                object: format!("end link of VXC {id}"),
+                detail: "the kernel refuses its deletion".into(),
+            }),
+        }
     }
 
     async fn converge(&self, desired: &[VxcSpec]) -> Result<ConvergeReport, DataplaneError> {
@@ -719,4 +739,91 @@ async fn a_group_whose_write_fails_refuses_every_op_and_takes_the_kernel_back() 
     assert_eq!(rig.last_seq(), seq);
     let rig = rig.restart();
     assert_eq!(rig.vxc_ids(), ["v-1"]);
+}
+
+/// A rig with VXCs v-1..v-n, each on its own key (VLAN 200+i on syd-1, 300+i on syd-2).
+async fn with_vxcs(n: u16) -> Rig {
+    let mut rig = Rig::new();
+    for i in 1..=n {
+        rig.ok(key(&format!("k-{i}"), "syd-1", 200 + i)).await;
+        rig.ok(vxc(&format!("v-{i}"), &format!("k-{i}"), 300 + i, 100))
+            .await;
+    }
+    rig
+}
+
+fn codes(answers: &[Result<Value, Failure>]) -> Vec<&str> {
+    answers
+        .iter()
+        .map(|a| a.as_ref().map_or_else(|f| f.code, |_| "ok"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_of_deletes_in_a_group_goes_by_the_bulk_path_each_checked_as_if_alone() {
+    let mut rig = with_vxcs(6).await;
+    rig.kernel.calls();
+    let seq = rig.last_seq();
+    let lines = || {
+        std::fs::read_to_string(rig.dir.path().join("journal.log")).map_or(0, |s| s.lines().count())
+    };
+    let journal = lines();
+    let answers = rig
+        .engine
+        .handle_group(
+            ["v-1", "v-2", "v-2", "v-9", "v-4", "v-5"]
+                .into_iter()
+                .map(|id| op(delete(id)))
+                .collect(),
+        )
+        .await;
+    assert_eq!(
+        codes(&answers),
+        ["ok", "ok", "not_found", "not_found", "ok", "ok"],
+        "{answers:?}"
+    );
+    assert_eq!(rig.kernel.calls(), ["remove_many 4"], "one bulk removal");
+    assert_eq!(rig.kernel.programmed(), ["v-3", "v-6"]);
+    assert_eq!(rig.vxc_ids(), ["v-3", "v-6"]);
+    assert_eq!(rig.state_of("v-1"), None);
+    assert_eq!(rig.last_seq(), seq + 4);
+    let lines = std::fs::read_to_string(rig.dir.path().join("journal.log"))
+        .map_or(0, |s| s.lines().count());
+    assert_eq!(lines, journal + 1, "one write for the run");
+    // The VLANs are free again: v-1's A-End VLAN takes a new VXC.
+    rig.ok(key("k-7", "syd-1", 207)).await;
+    rig.ok(vxc("v-7", "k-7", 301, 100)).await;
+    let rig = rig.restart();
+    assert_eq!(rig.vxc_ids(), ["v-3", "v-6", "v-7"]);
+}
+
+#[tokio::test]
+async fn a_delete_the_kernel_refuses_in_a_bulk_run_is_refused_alone_and_keeps_its_vlans() {
+    let mut rig = with_vxcs(5).await;
+    rig.kernel.lock().refuse_remove.insert("v-3".into());
+    rig.kernel.calls();
+    let answers = rig
+        .engine
+        .handle_group((1..=5).map(|i| op(delete(&format!("v-{i}")))).collect())
+        .await;
+    assert_eq!(
+        codes(&answers),
+        ["ok", "ok", "dataplane", "ok", "ok"],
+        "{answers:?}"
+    );
+    assert!(answers[2]
+        .as_ref()
+        .is_err_and(|f| f.message.contains("v-3")));
+    let calls = rig.kernel.calls();
+    assert_eq!(calls[0], "remove_many 5");
+    assert!(calls.contains(&"remove v-3".to_string()), "{calls:?}");
+    assert_eq!(rig.kernel.programmed(), ["v-3"]);
+    assert_eq!(rig.vxc_ids(), ["v-3"]);
+    assert_eq!(rig.state_of("v-3"), Some(VxcState::Up));
+    // v-3 still holds VLAN 303 on syd-2.
+    rig.ok(key("k-9", "syd-1", 209)).await;
+    let failure = rig.refused(vxc("v-9", "k-9", 303, 100)).await;
+    assert!(failure.message.contains("v-3"), "{}", failure.message);
+    let rig = rig.restart();
+    assert_eq!(rig.vxc_ids(), ["v-3"]);
 }

@@ -1,7 +1,6 @@
 //! Kernel link and tc change notifications, which trigger convergence.
 
-use futures::stream::StreamExt;
-use netlink_packet_core::NetlinkPayload;
+use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -104,51 +103,83 @@ impl Dataplane {
         &self,
         rcvbuf: usize,
     ) -> Result<mpsc::Receiver<KernelEvent>, DataplaneError> {
-        use netlink_sys::{AsyncSocket, SocketAddr};
-        let (mut conn, handle, mut messages) = rtnetlink::new_connection().map_err(|e| {
-            DataplaneError::Connection(format!("opening rtnetlink event socket: {e}"))
-        })?;
-        conn.socket_mut()
+        use netlink_sys::{
+            protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket,
+        };
+        let fail = |what: &str, e: std::io::Error| {
+            DataplaneError::Connection(format!("{what} on the event socket: {e}"))
+        };
+        // A socket of its own, read here one datagram at a time (as `dump.rs` does): through
+        // rtnetlink's connection, every notification the kernel had queued was parsed whole
+        // into an unbounded queue before the first was looked at; a bulk deletion of 2,000
+        // links raises thousands at once. Here what waits is the kernel's socket buffer, and
+        // when it overflows the kernel says so (ENOBUFS: a full pass, nothing missed).
+        let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(|e| fail("opening", e))?;
+        socket
             .socket_mut()
             .bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_TC))
-            .map_err(|e| {
-                DataplaneError::Connection(format!("subscribing to link and tc events: {e}"))
-            })?;
+            .map_err(|e| fail("subscribing to link and tc events", e))?;
         if rcvbuf > 0 {
-            conn.socket_mut()
+            socket
                 .socket_mut()
                 .set_rx_buf_sz(rcvbuf)
-                .map_err(|e| {
-                    DataplaneError::Connection(format!("sizing the event socket's buffer: {e}"))
-                })?;
+                .map_err(|e| fail("sizing the buffer", e))?;
         }
-        tokio::spawn(conn);
         let (tx, rx) = mpsc::channel(4096);
         let own = self.own.clone();
         tokio::spawn(async move {
-            // The handle keeps the connection task alive as long as events are wanted.
-            let _handle = handle;
-            while let Some((msg, _)) = messages.next().await {
-                let port_id = msg.header.port_number;
-                let event = match msg.payload {
-                    NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {
-                        e.caused_by_vxcd = own.caused(&e, port_id);
-                        e
-                    }),
-                    // netlink-proto turns ENOBUFS into an overrun message; the socket goes on.
-                    NetlinkPayload::Overrun(_) => Some(KernelEvent {
-                        object: KernelObject::EventsLost,
-                        change: EventChange::Changed,
-                        ifindex: 0,
-                        name: None,
-                        link: None,
-                        caused_by_vxcd: false,
-                    }),
-                    _ => None,
-                };
-                if let Some(event) = event {
-                    if tx.send(event).await.is_err() {
+            let lost = || KernelEvent {
+                object: KernelObject::EventsLost,
+                change: EventChange::Changed,
+                ifindex: 0,
+                name: None,
+                link: None,
+                caused_by_vxcd: false,
+            };
+            loop {
+                let datagram = match socket.recv_from_full().await {
+                    Ok((datagram, _)) => datagram,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                        if tx.send(lost()).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        log::error!("reading kernel events failed, drift is found by the periodic pass only: {e}");
+                        let _ = tx.send(lost()).await;
                         break;
+                    }
+                };
+                let mut at = 0;
+                while at < datagram.len() {
+                    let rest = &datagram[at..];
+                    let Ok(len) = NetlinkBuffer::new_checked(rest).map(|b| b.length() as usize)
+                    else {
+                        break;
+                    };
+                    if len == 0 || len > rest.len() {
+                        break;
+                    }
+                    at += (len + 3) & !3;
+                    let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
+                    else {
+                        // One the parser does not know: not an object vxcd makes.
+                        continue;
+                    };
+                    let port_id = msg.header.port_number;
+                    let event = match msg.payload {
+                        NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {
+                            e.caused_by_vxcd = own.caused(&e, port_id);
+                            e
+                        }),
+                        NetlinkPayload::Overrun(_) => Some(lost()),
+                        _ => None,
+                    };
+                    if let Some(event) = event {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -138,7 +138,15 @@ impl Dataplane {
     /// and when the kernel refuses the group deletion, the links go one by one. Untagged ends
     /// lose their qdiscs and filters as in [`Dataplane::remove`].
     pub async fn remove_many(&self, vxcs: &[VxcSpec]) -> Result<(), DataplaneError> {
-        let obs = self.observe().await?;
+        // Every link, but no qdisc or filter (partial): an untagged end's are read for that
+        // VXC alone.
+        let obs = Observed::partial(
+            self.cfg,
+            self.dump_links().await?,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+        );
         let group = self.cfg.owner_group;
         let doomed = doomed_group(group);
         let mut links: Vec<(u32, String)> = Vec::new();
@@ -155,8 +163,9 @@ impl Dataplane {
                             .filter(|l| link_claimable(l, group, parent.index, vlan))
                     }),
                     (None, None) => {
-                        if let Some(port) = obs.link_by_name(&end.interface) {
-                            self.remove_port_objects(&obs, port.index, &port.name)
+                        let one = self.observe_vxc(vxc).await?;
+                        if let Some(port) = one.link_by_name(&end.interface) {
+                            self.remove_port_objects(&one, port.index, &port.name)
                                 .await?;
                         }
                         None

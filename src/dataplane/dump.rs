@@ -77,15 +77,8 @@ impl DumpSocket {
                     .recv_from_full()
                     .await
                     .map_err(|e| broken(e.to_string()))?;
-                let mut at = 0;
-                while at < datagram.len() {
-                    let rest = &datagram[at..];
-                    let len = NetlinkBuffer::new_checked(rest)
-                        .map_err(|e| broken(format!("unreadable answer: {e}")))?
-                        .length() as usize;
-                    let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-                        .map_err(|e| broken(format!("unreadable answer: {e}")))?;
-                    at += (len + 3) & !3;
+                for message in datagram_messages(&datagram) {
+                    let message = message.map_err(|e| broken(format!("unreadable answer: {e}")))?;
                     // An answer to an earlier, abandoned dump on this socket.
                     if message.header.sequence_number != self.seq {
                         continue;
@@ -120,5 +113,69 @@ impl DumpSocket {
             what: what.to_string(),
             attempts: DUMP_ATTEMPTS,
         })
+    }
+}
+
+/// The netlink messages of one datagram, in order, each parsed only when reached: `Err` for one
+/// that cannot be read (after a framing error, nothing more: the next one cannot be found).
+pub(super) fn datagram_messages(
+    datagram: &[u8],
+) -> impl Iterator<Item = Result<NetlinkMessage<RouteNetlinkMessage>, String>> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let rest = datagram.get(at..).filter(|rest| !rest.is_empty())?;
+        // Checked: 16 <= length <= what the datagram holds.
+        let len = match NetlinkBuffer::new_checked(rest) {
+            Ok(buffer) => buffer.length() as usize,
+            Err(e) => {
+                at = datagram.len();
+                return Some(Err(e.to_string()));
+            }
+        };
+        at += (len + 3) & !3;
+        Some(NetlinkMessage::deserialize(&rest[..len]).map_err(|e| e.to_string()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+
+    fn bytes(name: &str) -> Vec<u8> {
+        let mut link = LinkMessage::default();
+        // A name of 3 bytes leaves the message's length off a multiple of 4: padding follows.
+        link.attributes = vec![LinkAttribute::IfName(name.into())];
+        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(link));
+        msg.finalize();
+        let mut out = vec![0; msg.buffer_len()];
+        msg.serialize(&mut out);
+        out.resize(out.len().next_multiple_of(4), 0);
+        out
+    }
+
+    fn name(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<String> {
+        match &msg.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some(n.clone()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_datagram_yields_each_message_in_order_then_stops_at_a_broken_frame() {
+        let mut datagram = [bytes("ab1"), bytes("cd22")].concat();
+        // A frame whose length field says more than the datagram holds.
+        datagram.extend_from_slice(&[200, 0, 0, 0, 16, 0, 0, 0]);
+        let out: Vec<_> = datagram_messages(&datagram).collect();
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert_eq!(out[0].as_ref().ok().and_then(name).as_deref(), Some("ab1"));
+        assert_eq!(out[1].as_ref().ok().and_then(name).as_deref(), Some("cd22"));
+        assert!(out[2].is_err());
+        assert_eq!(datagram_messages(&[]).count(), 0);
     }
 }

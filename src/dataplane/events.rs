@@ -1,6 +1,6 @@
 //! Kernel link and tc change notifications, which trigger convergence.
 
-use netlink_packet_core::{NetlinkBuffer, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -151,22 +151,9 @@ impl Dataplane {
                         break;
                     }
                 };
-                let mut at = 0;
-                while at < datagram.len() {
-                    let rest = &datagram[at..];
-                    let Ok(len) = NetlinkBuffer::new_checked(rest).map(|b| b.length() as usize)
-                    else {
-                        break;
-                    };
-                    if len == 0 || len > rest.len() {
-                        break;
-                    }
-                    at += (len + 3) & !3;
-                    let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len])
-                    else {
-                        // One the parser does not know: not an object vxcd makes.
-                        continue;
-                    };
+                for msg in super::dump::datagram_messages(&datagram) {
+                    // One the parser does not know: not an object vxcd makes.
+                    let Ok(msg) = msg else { continue };
                     let port_id = msg.header.port_number;
                     let event = match msg.payload {
                         NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {

@@ -151,6 +151,8 @@ impl Dataplane {
         let doomed = doomed_group(group);
         let mut links: Vec<(u32, String)> = Vec::new();
         for vxc in vxcs {
+            // This VXC's own objects, read once if an end is untagged.
+            let mut one: Option<Observed> = None;
             for side in [Side::A, Side::B] {
                 let end = vxc.end(side);
                 let name = end_interface_name(&end.interface, end.vlan);
@@ -163,9 +165,14 @@ impl Dataplane {
                             .filter(|l| link_claimable(l, group, parent.index, vlan))
                     }),
                     (None, None) => {
-                        let one = self.observe_vxc(vxc).await?;
-                        if let Some(port) = one.link_by_name(&end.interface) {
-                            self.remove_port_objects(&one, port.index, &port.name)
+                        if one.is_none() {
+                            one = Some(self.observe_vxc(vxc).await?);
+                        }
+                        if let Some((one, port)) = one
+                            .as_ref()
+                            .and_then(|o| o.link_by_name(&end.interface).map(|p| (o, p)))
+                        {
+                            self.remove_port_objects(one, port.index, &port.name)
                                 .await?;
                         }
                         None

@@ -25,8 +25,8 @@ use crate::protocol::{Failure, Op};
 /// group delays its first answer.
 pub const MAX_GROUP: usize = 512;
 
-/// Fewest VXCs in a run of deletes for the kernel's bulk path: it reads every link first, which
-/// costs about as much as deleting a few links one by one.
+/// Fewest VXCs in a run of deletes for the kernel's bulk path: it dumps every link first, so a
+/// run of two or three goes one by one (a judgement, not a measured break-even).
 const BULK_DELETE_MIN: usize = 4;
 
 /// Whether an op may join a group.

@@ -333,6 +333,12 @@ impl Rig {
         }
     }
 
+    /// Entries in the journal file (one per durable write).
+    fn journal_entries(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("journal.log"))
+            .map_or(0, |s| s.lines().count())
+    }
+
     fn vxc_ids(&self) -> Vec<String> {
         let state = self.engine.reader().state();
         state.model.vxcs().map(|v| v.id.to_string()).collect()
@@ -764,10 +770,7 @@ async fn a_run_of_deletes_in_a_group_goes_by_the_bulk_path_each_checked_as_if_al
     let mut rig = with_vxcs(6).await;
     rig.kernel.calls();
     let seq = rig.last_seq();
-    let lines = || {
-        std::fs::read_to_string(rig.dir.path().join("journal.log")).map_or(0, |s| s.lines().count())
-    };
-    let journal = lines();
+    let journal = rig.journal_entries();
     let answers = rig
         .engine
         .handle_group(
@@ -787,9 +790,7 @@ async fn a_run_of_deletes_in_a_group_goes_by_the_bulk_path_each_checked_as_if_al
     assert_eq!(rig.vxc_ids(), ["v-3", "v-6"]);
     assert_eq!(rig.state_of("v-1"), None);
     assert_eq!(rig.last_seq(), seq + 4);
-    let lines = std::fs::read_to_string(rig.dir.path().join("journal.log"))
-        .map_or(0, |s| s.lines().count());
-    assert_eq!(lines, journal + 1, "one write for the run");
+    assert_eq!(rig.journal_entries(), journal + 1, "one write for the run");
     // The VLANs are free again: v-1's A-End VLAN takes a new VXC.
     rig.ok(key("k-7", "syd-1", 207)).await;
     rig.ok(vxc("v-7", "k-7", 301, 100)).await;

@@ -750,27 +750,46 @@ fn a_managed_port_carries_nothing_of_the_hosts_own() {
         assert!(ns.exec_ok(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"]));
     }
     common::veth(&edge, "p1", &customer, "c1");
-    // The host's IPv6 is there before vxcd starts: a link-local address on the port.
+    common::veth(&edge, "p2", &customer, "c2");
+    // An interface of the host's that is no port: its IPv6 is not vxcd's business.
+    common::veth(&edge, "u1", &customer, "cu1");
+    // The host's IPv6 is there before vxcd starts: a link-local address on each interface.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !edge
-        .ip(&["-6", "addr", "show", "dev", "p1"])
-        .contains("fe80")
-    {
-        assert!(std::time::Instant::now() < deadline, "no link-local on p1");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for dev in ["p1", "p2", "u1"] {
+        while !edge
+            .ip(&["-6", "addr", "show", "dev", dev])
+            .contains("fe80")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no link-local on {dev}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
-    let d = Daemon::start(&edge, &[("syd-1", "p1")], "");
-    let addrs = edge.ip(&["-6", "addr", "show", "dev", "p1"]);
+    let d = Daemon::start(&edge, &[("syd-1", "p1"), ("syd-2", "p2")], "");
+    for dev in ["p1", "p2"] {
+        let addrs = edge.ip(&["-6", "addr", "show", "dev", dev]);
+        assert!(
+            !addrs.contains("fe80"),
+            "link-local left on port {dev}:\n{addrs}\n{}",
+            d.log()
+        );
+        assert!(edge
+            .ip(&["-d", "link", "show", dev])
+            .contains("addrgenmode none"));
+    }
+    let other = edge.ip(&["-6", "addr", "show", "dev", "u1"]);
     assert!(
-        !addrs.contains("fe80"),
-        "link-local left on the port:\n{addrs}\n{}",
-        d.log()
+        other.contains("fe80"),
+        "u1 is no port, its link-local was removed:\n{other}"
     );
-    assert!(edge
-        .ip(&["-d", "link", "show", "p1"])
+    assert!(!edge
+        .ip(&["-d", "link", "show", "u1"])
         .contains("addrgenmode none"));
     let ports = ok(d.call(json!({"op": "port.list"})))["ports"].clone();
     assert_eq!(ports[0]["host_ipv6_off"], json!(true), "{ports}");
+    assert_eq!(ports[1]["host_ipv6_off"], json!(true), "{ports}");
     // A flap makes a host with IPv6 send MLD reports, DAD and router solicitations within a
     // second or two; a port vxcd manages sends none of them. (The window is an observation
     // period, not a timing assertion: any frame in it fails the test.)

@@ -78,7 +78,7 @@ impl Dataplane {
         Ok(twin)
     }
 
-    /// The port interfaces whose host IPv6 every convergence keeps off ([`Dataplane::quiet_port`]).
+    /// The port interfaces whose host IPv6 every convergence keeps off ([`Dataplane::quiet_ports`]).
     pub fn set_port_interfaces(&mut self, interfaces: Vec<String>) {
         self.port_interfaces = interfaces;
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use futures::stream::{self, StreamExt};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::net::IpAddr;
 
 use super::nl::ReqError;
@@ -139,87 +139,146 @@ impl Dataplane {
         Ok(report)
     }
 
-    /// [`Dataplane::quiet_port`] on every port interface `obs` shows: what each one changed
-    /// (those already quiet are left out), and the failures.
+    /// Keeps the host's own traffic off every port interface `obs` shows: IPv6 address generation
+    /// off (so a flap makes no new link-local address) and the link-local addresses they already
+    /// have removed (with them go the MLD reports, neighbour and router solicitations the host
+    /// would send untagged to the customer). Only link-local (fe80::/10) addresses are touched: an
+    /// operator's other addresses, if any, are theirs. Returns what changed per port (ports
+    /// already quiet are left out), and the failures.
+    ///
+    /// The addresses are read with one IPv6 dump for all ports: one dump per port read every
+    /// address of the host once per port (4,000 ports: 4,000 dumps of 8,000 links' addresses,
+    /// seconds of a start).
     pub async fn quiet_ports(&self, obs: &Observed) -> PortsQuieted {
+        let ports: Vec<&ObservedLink> = self
+            .port_interfaces
+            .iter()
+            .filter_map(|port| obs.link_by_name(port))
+            .collect();
+        let mut done: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut failed: HashMap<u32, DataplaneError> = HashMap::new();
+        let width = self.cfg.max_in_flight.max(1);
+        let modes: Vec<(u32, Result<bool, DataplaneError>)> = stream::iter(
+            ports
+                .iter()
+                .filter(|l| l.addr_gen_mode != Some(plan::ADDR_GEN_MODE_NONE))
+                .map(|l| async move { (l.index, self.addr_gen_off(l).await) })
+                .collect::<Vec<_>>(),
+        )
+        .buffer_unordered(width)
+        .collect()
+        .await;
+        // Ports without IPv6 (EAFNOSUPPORT) have no addresses the host could send from.
+        let mut without_ipv6 = std::collections::HashSet::new();
+        for (index, r) in modes {
+            match r {
+                Ok(true) => done
+                    .entry(index)
+                    .or_default()
+                    .push("IPv6 addr_gen_mode none".to_owned()),
+                Ok(false) => {
+                    without_ipv6.insert(index);
+                }
+                Err(e) => {
+                    failed.insert(index, e);
+                }
+            }
+        }
+        let checked: Vec<&ObservedLink> = ports
+            .iter()
+            .copied()
+            .filter(|l| !failed.contains_key(&l.index) && !without_ipv6.contains(&l.index))
+            .collect();
+        if !checked.is_empty() {
+            match self.port_link_locals(&checked).await {
+                Ok(found) => {
+                    for (index, shown, address) in found {
+                        let label = format!(
+                            "port interface {}",
+                            checked
+                                .iter()
+                                .find(|l| l.index == index)
+                                .map_or("?", |l| &l.name)
+                        );
+                        match self.ack(RouteNetlinkMessage::DelAddress(address), 0).await {
+                            Ok(()) => done
+                                .entry(index)
+                                .or_default()
+                                .push(format!("link-local {shown} removed")),
+                            Err(e) => {
+                                let e = kernel_err(&format!("removing {shown} from"), &label, e);
+                                failed.entry(index).or_insert(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    for l in &checked {
+                        failed.entry(l.index).or_insert_with(|| e.clone());
+                    }
+                }
+            }
+        }
         let mut quieted = Vec::new();
         let mut failures = Vec::new();
-        for port in &self.port_interfaces {
-            let Some(link) = obs.link_by_name(port) else {
-                continue;
-            };
-            match self.quiet_port(link).await {
-                Ok(done) if done.is_empty() => {}
-                Ok(done) => quieted.push((port.clone(), done)),
-                Err(e) => failures.push((port.clone(), e)),
+        for l in ports {
+            if let Some(e) = failed.remove(&l.index) {
+                failures.push((l.name.clone(), e));
+            } else if let Some(what) = done.remove(&l.index) {
+                quieted.push((l.name.clone(), what));
             }
         }
         (quieted, failures)
     }
 
-    /// Keeps the host's own traffic off a customer port: IPv6 address generation off (so a flap
-    /// makes no new link-local address) and the link-local addresses it already has removed (with
-    /// them go the MLD reports, neighbour and router solicitations the host would send untagged to
-    /// the customer). Only link-local (fe80::/10) addresses are touched: an operator's other
-    /// addresses, if any, are theirs. Returns what it changed (nothing when already quiet).
-    pub async fn quiet_port(&self, link: &ObservedLink) -> Result<Vec<String>, DataplaneError> {
-        let label = format!("port interface {}", link.name);
-        let mut done = Vec::new();
-        if link.addr_gen_mode != Some(plan::ADDR_GEN_MODE_NONE) {
-            let mut msg = link_msg(link.index);
-            msg.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
-                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
-            )])];
-            match self.ack(RouteNetlinkMessage::SetLink(msg), 0).await {
-                Ok(()) => {
-                    // Its notification then shows the port as vxcd knows it: not drift.
-                    self.own.amend(&link.name, |l| {
-                        l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE)
-                    });
-                    done.push("IPv6 addr_gen_mode none".to_owned())
-                }
-                // No IPv6 in this namespace or on this link: nothing the host could send.
-                Err(ReqError::Kernel(e)) if e.0 == libc::EAFNOSUPPORT => return Ok(done),
-                Err(e) => {
-                    return Err(kernel_err(
-                        "switching IPv6 address generation off on",
-                        &label,
-                        e,
-                    ))
-                }
+    /// Switches IPv6 address generation off on a port interface: `Ok(false)` when it has no IPv6
+    /// (none in this namespace or on this link).
+    async fn addr_gen_off(&self, link: &ObservedLink) -> Result<bool, DataplaneError> {
+        let mut msg = link_msg(link.index);
+        msg.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )])];
+        match self.ack(RouteNetlinkMessage::SetLink(msg), 0).await {
+            Ok(()) => {
+                // Its notification then shows the port as vxcd knows it: not drift.
+                self.own.amend(&link.name, |l| {
+                    l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE)
+                });
+                Ok(true)
             }
+            Err(ReqError::Kernel(e)) if e.0 == libc::EAFNOSUPPORT => Ok(false),
+            Err(e) => Err(kernel_err(
+                "switching IPv6 address generation off on",
+                &format!("port interface {}", link.name),
+                e,
+            )),
         }
-        let addresses = self
-            .dump(
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-                "addresses",
-                |m| match m {
-                    RouteNetlinkMessage::NewAddress(a) => Some(a),
-                    _ => None,
-                },
-            )
-            .await?;
-        for a in addresses {
-            let link_local = a.attributes.iter().any(|attr| {
-                matches!(attr, AddressAttribute::Address(IpAddr::V6(ip))
-                    if ip.segments()[0] & 0xffc0 == 0xfe80)
-            });
-            if a.header.index != link.index || !link_local {
-                continue;
-            }
-            let shown = a
-                .attributes
-                .iter()
-                .find_map(|attr| match attr {
-                    AddressAttribute::Address(ip) => Some(ip.to_string()),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            self.ack(RouteNetlinkMessage::DelAddress(a), 0)
-                .await
-                .map_err(|e| kernel_err(&format!("removing {shown} from"), &label, e))?;
-            done.push(format!("link-local {shown} removed"));
-        }
-        Ok(done)
+    }
+
+    /// The link-local IPv6 addresses on these links (one dump of the host's IPv6 addresses):
+    /// (ifindex, address as shown, the message that removes it).
+    async fn port_link_locals(
+        &self,
+        links: &[&ObservedLink],
+    ) -> Result<Vec<(u32, String, AddressMessage)>, DataplaneError> {
+        let indices: std::collections::HashSet<u32> = links.iter().map(|l| l.index).collect();
+        let mut ask = AddressMessage::default();
+        ask.header.family = AddressFamily::Inet6;
+        self.dump(
+            RouteNetlinkMessage::GetAddress(ask),
+            "IPv6 addresses",
+            |m| match m {
+                RouteNetlinkMessage::NewAddress(a) if indices.contains(&a.header.index) => {
+                    let ip = a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                        _ => None,
+                    })?;
+                    (ip.segments()[0] & 0xffc0 == 0xfe80)
+                        .then(|| (a.header.index, ip.to_string(), a))
+                }
+                _ => None,
+            },
+        )
+        .await
     }
 }

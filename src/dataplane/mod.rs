@@ -265,7 +265,7 @@ pub fn owner_alias(vxc_id: &str, side: Side) -> String {
 }
 
 /// Errors, each naming the object and the kernel's cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DataplaneError {
     /// The port interface of an end does not exist: the VXC is pending.
     #[error("port {port}: interface {interface} is missing")]

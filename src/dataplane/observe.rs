@@ -177,7 +177,7 @@ impl Dataplane {
     }
 
     /// A port interface as `port.list` shows it: `None` when absent, else whether the host's own
-    /// IPv6 is off on it (address generation none: see [`Dataplane::quiet_port`]).
+    /// IPv6 is off on it (address generation none: see [`Dataplane::quiet_ports`]).
     pub async fn port_ipv6_off(&self, name: &str) -> Result<Option<bool>, DataplaneError> {
         Ok(self.read_link_named(name).await?.map(|l| {
             l.addr_gen_mode

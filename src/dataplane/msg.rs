@@ -292,30 +292,62 @@ pub(super) fn parse_pipe_filter(handle: u32, attrs: &[TcAttribute]) -> PipeFilte
     filter
 }
 
-/// Files a qdisc read from the kernel: a root qdisc (TBF options decoded) or an ingress one.
+/// What vxcd keeps of a qdisc: the root qdisc of a link, or the fact that it has an ingress
+/// qdisc; other qdiscs (children of a root, clsact) are not kept.
+pub(super) enum QdiscSeen {
+    Root(u32, RootQdisc),
+    Ingress(u32),
+}
+
+impl QdiscSeen {
+    pub(super) fn of(q: TcMessage) -> Option<Self> {
+        let index = q.header.index as u32;
+        let parent = u32::from(q.header.parent);
+        let kind = kind_of(&q.attributes);
+        if parent == TC_H_ROOT {
+            let tbf = if kind == "tbf" {
+                raw_options(&q.attributes).and_then(|o| tbf::decode_options(&o))
+            } else {
+                None
+            };
+            Some(Self::Root(
+                index,
+                RootQdisc {
+                    handle: u32::from(q.header.handle),
+                    kind,
+                    tbf,
+                },
+            ))
+        } else if parent == TC_H_INGRESS && kind == "ingress" {
+            Some(Self::Ingress(index))
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn note(
+        self,
+        root_qdiscs: &mut HashMap<u32, RootQdisc>,
+        ingress: &mut HashSet<u32>,
+    ) {
+        match self {
+            Self::Root(index, root) => {
+                root_qdiscs.insert(index, root);
+            }
+            Self::Ingress(index) => {
+                ingress.insert(index);
+            }
+        }
+    }
+}
+
+/// Notes a qdisc in the maps of a snapshot (see [`QdiscSeen`]).
 pub(super) fn note_qdisc(
     q: TcMessage,
     root_qdiscs: &mut HashMap<u32, RootQdisc>,
     ingress: &mut HashSet<u32>,
 ) {
-    let index = q.header.index as u32;
-    let parent = u32::from(q.header.parent);
-    let kind = kind_of(&q.attributes);
-    if parent == TC_H_ROOT {
-        let tbf = if kind == "tbf" {
-            raw_options(&q.attributes).and_then(|o| tbf::decode_options(&o))
-        } else {
-            None
-        };
-        root_qdiscs.insert(
-            index,
-            RootQdisc {
-                handle: u32::from(q.header.handle),
-                kind,
-                tbf,
-            },
-        );
-    } else if parent == TC_H_INGRESS && kind == "ingress" {
-        ingress.insert(index);
+    if let Some(seen) = QdiscSeen::of(q) {
+        seen.note(root_qdiscs, ingress);
     }
 }

@@ -192,6 +192,9 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
     }
 }
 
+/// How many port MTU reads are in flight at once.
+const CORE_MTU_READS_IN_FLIGHT: usize = 64;
+
 /// The uplink and the local ports of VXCs to peers, whose MTUs decide whether frames fit the core.
 pub(super) struct CoreMtuTargets {
     uplink: String,
@@ -200,16 +203,21 @@ pub(super) struct CoreMtuTargets {
 
 impl CoreMtuTargets {
     pub(super) async fn read(&self, kernel: &impl Kernel) -> read::CoreMtu {
-        let mut mtus = read::CoreMtu {
+        use futures::stream::{self, StreamExt};
+        // Pipelined: a host with thousands of ports to peers would wait for each read in turn.
+        let reads = self
+            .interfaces
+            .iter()
+            .map(|(port, interface)| async move { (port, kernel.link_mtu(interface).await) });
+        let ports = stream::iter(reads.collect::<Vec<_>>())
+            .buffer_unordered(CORE_MTU_READS_IN_FLIGHT)
+            .filter_map(|(port, mtu)| async move { Some((port.clone(), mtu.ok().flatten()?)) })
+            .collect()
+            .await;
+        read::CoreMtu {
             uplink: kernel.link_mtu(&self.uplink).await.ok().flatten(),
-            ports: BTreeMap::new(),
-        };
-        for (port, interface) in &self.interfaces {
-            if let Ok(Some(mtu)) = kernel.link_mtu(interface).await {
-                mtus.ports.insert(port.clone(), mtu);
-            }
+            ports,
         }
-        mtus
     }
 }
 

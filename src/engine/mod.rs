@@ -43,6 +43,7 @@ use crate::inspector::InspectConfig;
 use crate::protocol::{Failure, Op, StoreStatus};
 use crate::store::{Store, StoreError};
 
+pub use batch::BatchAnswer;
 pub use events::{report_violations, Event, EventKind, Events, Subscription, RING_SIZE};
 pub use group::{groupable, MAX_GROUP};
 pub use journal::Journal;
@@ -289,6 +290,19 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         answer
     }
 
+    /// A `batch`, answered as text per op ([`batch::BatchAnswer`]) rather than as one `Value`:
+    /// what the control socket writes for thousands of ops.
+    pub async fn handle_batch(
+        &mut self,
+        ops: Vec<Op>,
+        atomic: bool,
+    ) -> Result<batch::BatchAnswer, Failure> {
+        let answer = self.batch(ops, atomic, OffsetDateTime::now_utc()).await;
+        // As in `handle`: compaction only once the change is committed.
+        self.compaction_step().await;
+        answer
+    }
+
     async fn dispatch(&mut self, op: Op) -> Result<Value, Failure> {
         let now = OffsetDateTime::now_utc();
         match op {
@@ -304,7 +318,10 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                 vxcs,
                 dry_run,
             } => self.sync(generation, &keys, &vxcs, dry_run, now).await,
-            Op::Batch { ops, atomic } => self.batch(ops, atomic, now).await,
+            Op::Batch { ops, atomic } => self
+                .batch(ops, atomic, now)
+                .await
+                .and_then(batch::BatchAnswer::into_value),
             Op::Verify { id } => {
                 let specs = self.published.load().verify_specs(id.as_deref())?;
                 Ok(run_verify(specs))

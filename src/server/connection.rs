@@ -327,10 +327,11 @@ pub(super) async fn respond(
                     .await
                 {
                     Some(line) => line,
-                    None => control
-                        .answer_while(request, peer, || peer_connected(fd))
-                        .await
-                        .map(|result| protocol::success_line(&id, result)),
+                    None => {
+                        control
+                            .answer_line_while(request, peer, || peer_connected(fd))
+                            .await
+                    }
                 };
                 crate::metrics::count_request(
                     op_name,

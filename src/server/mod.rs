@@ -133,16 +133,9 @@ impl Control {
         self.answer_while(request, peer, || true).await
     }
 
-    /// Answers one parsed request unless `alive` says, once it is its turn, that the peer has
-    /// gone: an answer nobody reads is not worth computing.
-    pub async fn answer_while(
-        &self,
-        request: Request,
-        peer: Peer,
-        alive: impl Fn() -> bool,
-    ) -> Result<serde_json::Value, Failure> {
-        let gone = || Failure::new("gone", "the peer closed the connection");
-        if request.op.needs_writer() && !self.may_change(peer) {
+    /// Refuses a change or a probe from a peer that may not send one.
+    fn authorize(&self, op: &Op, peer: Peer) -> Result<(), Failure> {
+        if op.needs_writer() && !self.may_change(peer) {
             return Err(Failure::new(
                 "unauthorized",
                 format!(
@@ -152,6 +145,51 @@ impl Control {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The whole answer line of one parsed request, as [`Control::answer_while`] answers it; a
+    /// `batch` is written from its results as text ([`crate::engine::BatchAnswer`]), never as
+    /// one `Value` tree.
+    pub async fn answer_line_while(
+        &self,
+        request: Request,
+        peer: Peer,
+        alive: impl Fn() -> bool,
+    ) -> Result<String, Failure> {
+        let id = request.id.clone();
+        let Op::Batch { ops, atomic } = request.op else {
+            return self
+                .answer_while(request, peer, alive)
+                .await
+                .map(|result| protocol::success_line(&id, result));
+        };
+        self.authorize(
+            &Op::Batch {
+                ops: Vec::new(),
+                atomic,
+            },
+            peer,
+        )?;
+        let mut engine = self.engine.lock().await;
+        if !alive() {
+            return Err(Failure::new("gone", "the peer closed the connection"));
+        }
+        let answer = engine.handle_batch(ops, atomic).await?;
+        drop(engine);
+        protocol::success_line_of(&id, &answer)
+    }
+
+    /// Answers one parsed request unless `alive` says, once it is its turn, that the peer has
+    /// gone: an answer nobody reads is not worth computing.
+    pub async fn answer_while(
+        &self,
+        request: Request,
+        peer: Peer,
+        alive: impl Fn() -> bool,
+    ) -> Result<serde_json::Value, Failure> {
+        let gone = || Failure::new("gone", "the peer closed the connection");
+        self.authorize(&request.op, peer)?;
         match &request.op {
             Op::Verify { id } => {
                 // Probing takes up to seconds: neither the engine nor other requests wait for it.

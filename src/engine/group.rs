@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use super::batch::{Done, Step};
 use super::{Engine, EventKind, Journal, Kernel, ReadState, Record, VxcState};
 use crate::dataplane::VxcSpec;
-use crate::domain::{Change, VxcPlan};
+use crate::domain::{Change, Vxc, VxcPlan};
 use crate::protocol::{Failure, Op};
 
 /// Most ops in one group: the scratch copy is O(state), so a group must be worth it, and a long
@@ -260,8 +260,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         done: &mut Vec<Done>,
     ) -> Vec<Result<Step, Failure>> {
         let mut outcomes: Vec<Result<Step, Failure>> = Vec::with_capacity(ids.len());
-        // (outcome index, the VXC, its kernel spec, its state before)
-        let mut gone = Vec::new();
+        let mut gone: Vec<Doomed> = Vec::new();
         for id in ids {
             match scratch.model.plan_delete_vxc(&id).cloned() {
                 Err(e) => outcomes.push(Err(Failure::from(e))),
@@ -269,12 +268,17 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                     let spec = scratch.spec(&vxc);
                     scratch.model.commit_delete_vxc(&vxc.id);
                     let state = scratch.states.remove(&vxc.id);
-                    gone.push((outcomes.len(), vxc.clone(), spec, state));
+                    gone.push(Doomed {
+                        at: outcomes.len(),
+                        vxc: vxc.clone(),
+                        spec,
+                        state,
+                    });
                     outcomes.push(Ok(Step::Delete(vxc)));
                 }
             }
         }
-        let specs: Vec<VxcSpec> = gone.iter().filter_map(|g| g.2.clone()).collect();
+        let specs: Vec<VxcSpec> = gone.iter().filter_map(|g| g.spec.clone()).collect();
         let bulk = specs.len() >= BULK_DELETE_MIN
             && match self.dataplane.remove_many(&specs).await {
                 Ok(()) => true,
@@ -286,12 +290,21 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                     false
                 }
             };
-        for (at, vxc, spec, state) in gone {
+        for Doomed {
+            at,
+            vxc,
+            spec,
+            state,
+        } in gone
+        {
             let Some(spec) = spec else { continue };
             if !bulk {
                 if let Err(e) = self.dataplane.remove(&spec).await {
                     let id = vxc.id.clone();
-                    // Refused alone: the VXC is back in the scratch state as it was.
+                    // Refused alone: the VXC is back in the scratch state as it was. Committing
+                    // it as created again is right only because a run holds deletes and nothing
+                    // else: no op of the run can have taken its id, its VLANs or its key's use
+                    // meanwhile (`handle_group` cuts runs at the first op that is not a delete).
                     scratch.model.commit_vxc(VxcPlan {
                         change: Change::Created(vxc),
                         key_after: None,
@@ -309,4 +322,15 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
         outcomes
     }
+}
+
+/// A VXC of a run of deletes, checked and taken out of the scratch state, before its kernel work.
+struct Doomed {
+    /// Its op's place in the run's outcomes.
+    at: usize,
+    vxc: Vxc,
+    /// What the kernel holds of it; `None` for a VXC this host does not program.
+    spec: Option<VxcSpec>,
+    /// Its state before, put back if the kernel refuses to remove it.
+    state: Option<VxcState>,
 }

@@ -264,6 +264,12 @@ pub fn owner_alias(vxc_id: &str, side: Side) -> String {
     format!("{ALIAS_PREFIX}{vxc_id}:{}", side.as_str())
 }
 
+/// The VXC id an [`owner_alias`] names; `None` for an alias that is not one.
+pub fn alias_vxc_id(alias: &str) -> Option<&str> {
+    let (id, _side) = alias.strip_prefix(ALIAS_PREFIX)?.rsplit_once(':')?;
+    (!id.is_empty()).then_some(id)
+}
+
 /// Errors, each naming the object and the kernel's cause.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DataplaneError {

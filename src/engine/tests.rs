@@ -15,7 +15,7 @@ use super::{load_state, Engine, Journal, Kernel, Record, VxcState};
 use crate::config::Port;
 use crate::dataplane::{
     ApplyReport, Change as KernelChange, ConvergeReport, DataplaneError, EndCounters, KernelEvent,
-    ObjectChange, Observed, Orphan, PortsQuieted, Side, VxcOutcome, VxcSpec,
+    ObjectChange, Observed, ObservedLink, Orphan, PortsQuieted, Side, VxcOutcome, VxcSpec,
 };
 use crate::domain::PortName;
 use crate::protocol::{parse_request, Failure};
@@ -33,6 +33,10 @@ struct KernelState {
     /// VXC ids whose removal the kernel refuses.
     refuse_remove: BTreeSet<String>,
     calls: Vec<String>,
+    /// Links a full read shows (beside none of the ports): vxcd's objects made or left behind.
+    shown: Vec<ObservedLink>,
+    /// Full convergences (repairing passes) run.
+    converges: usize,
 }
 
 /// A kernel in memory: a VXC is either wholly programmed or absent, as the dataplane's per-VXC
@@ -148,6 +152,7 @@ impl Kernel for FakeKernel {
     }
 
     async fn converge(&self, desired: &[VxcSpec]) -> Result<ConvergeReport, DataplaneError> {
+        self.lock().converges += 1;
         let mut report = ConvergeReport::default();
         for spec in desired {
             let missing = self.missing(spec);
@@ -191,10 +196,14 @@ impl Kernel for FakeKernel {
 
     /// A read that shows no link at all: to a plan, every VXC's port interfaces are missing.
     async fn observe(&self) -> Result<Observed, DataplaneError> {
-        self.lock().calls.push("observe".into());
+        let shown = {
+            let mut state = self.lock();
+            state.calls.push("observe".into());
+            state.shown.clone()
+        };
         Ok(Observed::new(
             Default::default(),
-            vec![],
+            shown,
             Default::default(),
             Default::default(),
             Default::default(),
@@ -659,6 +668,77 @@ async fn a_pass_read_without_the_lock_never_overwrites_a_transaction_committed_m
         }
     }
     assert!(rig.engine.reader().state().last_reconcile.is_some());
+}
+
+/// A link as a full read shows it: in vxcd's group with `alias` (empty: made, not yet marked)
+/// and a VLAN on `parent`, or (`vlan` `None`) a port interface of the host's.
+fn shown_link(index: u32, name: &str, alias: &str, parent: u32, vlan: Option<u16>) -> ObservedLink {
+    ObservedLink {
+        index,
+        name: name.into(),
+        parent: vlan.map(|_| parent),
+        kind: Some(if vlan.is_some() { "vlan" } else { "veth" }.into()),
+        vlan_id: vlan,
+        mtu: 1500,
+        up: true,
+        promisc: true,
+        group: if vlan.is_some() {
+            crate::dataplane::DEFAULT_OWNER_GROUP
+        } else {
+            0
+        },
+        alias: (!alias.is_empty()).then(|| alias.into()),
+        addr_gen_mode: None,
+        vxlan: None,
+    }
+}
+
+#[tokio::test]
+async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_read() {
+    let mut rig = with_v1().await;
+    rig.ok(key("k-3", "syd-1", 202)).await;
+    rig.ok(key("k-4", "syd-1", 203)).await;
+    // 1. While a pass reads, v-3 and v-4 are made: the read shows v-3's end link marked and
+    //    v-4's just created, not yet marked; to the pass, which began without them, orphans.
+    let pass = rig.engine.begin_pass();
+    rig.ok(vxc("v-3", "k-3", 302, 100)).await;
+    rig.ok(vxc("v-4", "k-4", 303, 100)).await;
+    let port = rig.kernel.spec("v-4").expect("v-4 programmed").a.interface;
+    let end = |vlan: u16| crate::dataplane::end_interface_name(&port, Some(vlan));
+    let port_link = shown_link(40, &port, "", 0, None);
+    rig.kernel.lock().shown = vec![
+        port_link.clone(),
+        shown_link(41, &end(302), "vxcd:v-3:a", 40, Some(302)),
+        shown_link(42, &end(303), "", 40, Some(303)),
+    ];
+    let found = pass.check().await;
+    rig.engine.finish_pass(found).await;
+    assert_eq!(
+        rig.kernel.lock().converges,
+        0,
+        "no repair under the lock for VXCs made while the pass read"
+    );
+    assert_eq!(rig.state_of("v-3"), Some(VxcState::Up), "its own state");
+    // 2. A link of vxcd's that no VXC, old or new, explains: repaired under the lock.
+    rig.kernel.lock().shown = vec![
+        port_link.clone(),
+        shown_link(43, &end(309), "vxcd:v-9:a", 40, Some(309)),
+    ];
+    let found = rig.engine.begin_pass().check().await;
+    rig.engine.finish_pass(found).await;
+    assert_eq!(
+        rig.kernel.lock().converges,
+        1,
+        "an orphan nobody made is repaired"
+    );
+    // 3. Nor does a transaction explain a link it did not make: v-1 changed during the pass,
+    //    and an unmarked link beside it is still repaired.
+    rig.kernel.lock().shown = vec![port_link, shown_link(44, &end(310), "", 40, Some(310))];
+    let pass = rig.engine.begin_pass();
+    rig.ok(vxc("v-1", "k-1", 300, 50)).await;
+    let found = pass.check().await;
+    rig.engine.finish_pass(found).await;
+    assert_eq!(rig.kernel.lock().converges, 2);
 }
 
 fn op(request: Value) -> crate::protocol::Op {

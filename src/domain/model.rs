@@ -83,6 +83,11 @@ pub struct Model {
     core: Option<IpAddr>,
     /// The VXC each VNI carries.
     vnis: HashMap<Vni, VxcId>,
+    /// Each VXC's revision: a number no earlier commit of any VXC had, given at each create or
+    /// update. A reader that saw revision r and finds r again knows the VXC was not touched
+    /// meanwhile, even if it was changed and changed back (the reconcile pass relies on it).
+    revisions: HashMap<VxcId, u64>,
+    last_revision: u64,
 }
 
 fn text(field: &str, value: &str, min: usize) -> Result<(), RuleError> {
@@ -300,6 +305,16 @@ impl Model {
 
     pub fn vxc(&self, id: &str) -> Option<&Vxc> {
         VxcId::parse("id", id).ok().and_then(|v| self.vxcs.get(&v))
+    }
+
+    /// The revision of a VXC (see `revisions`); `None` when there is no such VXC.
+    pub fn revision(&self, id: &VxcId) -> Option<u64> {
+        self.revisions.get(id).copied()
+    }
+
+    fn revise(&mut self, id: &VxcId) {
+        self.last_revision += 1;
+        self.revisions.insert(id.clone(), self.last_revision);
     }
 
     /// The live VXCs built from a key, in id order.

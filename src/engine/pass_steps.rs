@@ -31,6 +31,8 @@ use crate::domain::VxcId;
 pub struct PassStart<K> {
     kernel: K,
     desired: Vec<VxcSpec>,
+    /// Each VXC's model revision when the pass began.
+    revisions: HashMap<VxcId, u64>,
     unconfigured: Vec<(VxcId, VxcState)>,
     repair: bool,
     core: Option<CoreMtuTargets>,
@@ -40,6 +42,7 @@ pub struct PassStart<K> {
 /// What the kernel showed the pass, judged.
 pub struct PassCheck {
     desired: Vec<VxcSpec>,
+    revisions: HashMap<VxcId, u64>,
     unconfigured: Vec<(VxcId, VxcState)>,
     found: Result<Found, DataplaneError>,
     kernel_8021q: bool,
@@ -61,7 +64,11 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         let state = self.published.load();
         let mut desired = Vec::new();
         let mut unconfigured = Vec::new();
+        let mut revisions = HashMap::new();
         for vxc in state.model.vxcs() {
+            if let Some(r) = state.model.revision(&vxc.id) {
+                revisions.insert(vxc.id.clone(), r);
+            }
             match state.spec(vxc) {
                 Some(spec) => desired.push(spec),
                 None => unconfigured.push((vxc.id.clone(), Self::unconfigured(vxc))),
@@ -74,6 +81,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                 .clone()
                 .unwrap_or_else(|| self.dataplane.clone()),
             desired,
+            revisions,
             unconfigured,
             repair: self.repair,
             core: self.core_mtu_targets(),
@@ -94,7 +102,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         let began: HashMap<&str, &VxcSpec> =
             check.desired.iter().map(|s| (s.id.as_str(), s)).collect();
         if (!found.drifted.is_empty() || !found.orphans.is_empty())
-            && self.unexplained(&began, &found.drifted, &found.orphans)
+            && self.unexplained(&began, &check.revisions, &found.drifted, &found.orphans)
         {
             return self.reconcile().await;
         }
@@ -154,13 +162,19 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
     fn unexplained(
         &self,
         began: &HashMap<&str, &VxcSpec>,
+        revisions: &HashMap<VxcId, u64>,
         drifted: &[String],
         orphans: &[Orphan],
     ) -> bool {
         let state = self.published.load();
+        // Touched: made, deleted, or committed again (even back to what it was: the read may
+        // have seen it in between), or its spec changed by a config reload.
         let overtaken = |id: &str| {
-            let now = state.model.vxc(id).and_then(|v| state.spec(v));
-            now.as_ref() != began.get(id).copied()
+            let Some(vxc) = state.model.vxc(id) else {
+                return began.contains_key(id);
+            };
+            state.model.revision(&vxc.id) != revisions.get(&vxc.id).copied()
+                || state.spec(vxc).as_ref() != began.get(id).copied()
         };
         if drifted.iter().any(|id| !overtaken(id)) {
             return true;
@@ -245,6 +259,7 @@ impl<K: Kernel> PassStart<K> {
         };
         PassCheck {
             desired: self.desired,
+            revisions: self.revisions,
             unconfigured: self.unconfigured,
             found,
             kernel_8021q: kernel_has_8021q(),

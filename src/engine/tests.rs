@@ -733,12 +733,32 @@ async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_re
     );
     // 3. Nor does a transaction explain a link it did not make: v-1 changed during the pass,
     //    and an unmarked link beside it is still repaired.
-    rig.kernel.lock().shown = vec![port_link, shown_link(44, &end(310), "", 40, Some(310))];
+    rig.kernel.lock().shown = vec![
+        port_link.clone(),
+        shown_link(44, &end(310), "", 40, Some(310)),
+    ];
     let pass = rig.engine.begin_pass();
     rig.ok(vxc("v-1", "k-1", 300, 50)).await;
     let found = pass.check().await;
     rig.engine.finish_pass(found).await;
     assert_eq!(rig.kernel.lock().converges, 2);
+    // 4. v-1 moved to VLAN 311 and back while a pass read: the read caught it in between (its
+    //    end link on 311, an orphan to the pass). Its spec is as the pass began, but it was
+    //    touched: no repair.
+    rig.kernel.lock().shown = vec![
+        port_link,
+        shown_link(45, &end(311), "vxcd:v-1:a", 40, Some(311)),
+    ];
+    let pass = rig.engine.begin_pass();
+    rig.ok(vxc("v-1", "k-1", 311, 50)).await;
+    rig.ok(vxc("v-1", "k-1", 300, 50)).await;
+    let found = pass.check().await;
+    rig.engine.finish_pass(found).await;
+    assert_eq!(
+        rig.kernel.lock().converges,
+        2,
+        "changed and changed back during the pass: still its transactions' doing"
+    );
 }
 
 fn op(request: Value) -> crate::protocol::Op {

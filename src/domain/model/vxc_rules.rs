@@ -336,6 +336,7 @@ impl Model {
                     b.holders.insert(vlan, holder);
                 }
                 self.index_vxc(&vxc);
+                self.revise(&vxc.id);
                 self.vxcs.insert(vxc.id.clone(), vxc);
             }
             Change::Updated { before, after } => {
@@ -351,6 +352,7 @@ impl Model {
                         a.holders.insert(new, holder);
                     }
                 }
+                self.revise(&after.id);
                 self.vxcs.insert(after.id.clone(), after);
             }
         }
@@ -367,6 +369,7 @@ impl Model {
     /// Removes a VXC and frees its VLANs. A single-use key stays used.
     pub fn commit_delete_vxc(&mut self, id: &VxcId) -> Option<Vxc> {
         let vxc = self.vxcs.remove(id)?;
+        self.revisions.remove(id);
         if let Some(vni) = vxc.vni {
             self.vnis.remove(&vni);
         }

@@ -4,12 +4,13 @@
 //! own links one by one and leave that link alone.
 //!
 //! The links here are tunnel ends (this kernel has VXLAN, not 802.1Q): each VXC joins an
-//! untagged port of its own (a veth in the edge namespace) to a VXLAN device `vxc<vni>`.
+//! untagged port of its own (a veth in the edge namespace) to a VXLAN device `vxc<vni>`
+//! ([`common::daemon::tunnel_edge`]).
 
 mod common;
 
-use common::daemon::{ok, Daemon};
-use common::{veth, veth_local, Netns};
+use common::daemon::{ok, tunnel_edge, Daemon};
+use common::{veth_local, Netns};
 use serde_json::{json, Value};
 
 const PORTS: u32 = 12;
@@ -44,34 +45,9 @@ fn tunnels(edge: &Netns) -> Vec<String> {
         .collect()
 }
 
-/// An edge with `PORTS` untagged ports and a core link to a peer; vxcd started on it with a
-/// multi-use key to the peer and a tunnel VXC on every port.
+/// A tunnel edge with `PORTS` ports and a tunnel VXC on every port.
 fn edge_with_vxcs(prefix: &str) -> (Netns, Netns, Daemon) {
-    common::require_root();
-    let edge = Netns::new(prefix);
-    let peer = Netns::new(&format!("{prefix}p"));
-    veth(&edge, "core0", &peer, "core0");
-    edge.ip(&["addr", "add", "10.99.0.1/24", "dev", "core0"]);
-    peer.ip(&["addr", "add", "10.99.0.2/24", "dev", "core0"]);
-    let names: Vec<(String, String)> = (1..=PORTS)
-        .map(|n| (format!("c{n}"), format!("cust{n}")))
-        .collect();
-    for (_, interface) in &names {
-        veth_local(&edge, interface, &format!("{interface}x"));
-    }
-    let ports: Vec<(&str, &str)> = names
-        .iter()
-        .map(|(p, i)| (p.as_str(), i.as_str()))
-        .collect();
-    let vxcd = Daemon::start(
-        &edge,
-        &ports,
-        "[core]\naddress = \"10.99.0.1\"\ninterface = \"core0\"\n\n[reconcile]\ninterval_s = 3600\n",
-    );
-    ok(vxcd.call(
-        json!({"op": "key.put", "key": {"key": "far", "port": "mel-1",
-        "host": "10.99.0.2", "single_use": false, "max_speed_mbps": 1000}}),
-    ));
+    let (edge, peer, vxcd) = tunnel_edge(prefix, PORTS);
     let puts: Vec<Value> = (1..=PORTS).map(put).collect();
     for (n, answer) in (1..=PORTS).zip(pipelined(&vxcd, &puts)) {
         assert_eq!(answer["ok"], json!(true), "put t-{n}: {answer}");

@@ -11,8 +11,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::daemon::{ok, Daemon};
-use common::{veth, veth_local, Netns};
+use common::daemon::{ok, tunnel_edge, Daemon};
+use common::veth_local;
 use serde_json::{json, Value};
 
 const PORTS: u32 = 24;
@@ -59,38 +59,7 @@ fn burst(vxcd: &Daemon, range: std::ops::RangeInclusive<u32>) {
 
 #[test]
 fn a_burst_of_puts_runs_no_pass_of_its_own_and_drift_made_in_it_is_repaired() {
-    common::require_root();
-    let edge = Netns::new("oe");
-    let peer = Netns::new("op");
-    veth(&edge, "core0", &peer, "core0");
-    edge.ip(&["addr", "add", "10.99.0.1/24", "dev", "core0"]);
-    peer.ip(&["addr", "add", "10.99.0.2/24", "dev", "core0"]);
-    let names: Vec<(String, String)> = (1..=PORTS)
-        .map(|n| (format!("c{n}"), format!("cust{n}")))
-        .collect();
-    for (_, interface) in &names {
-        veth_local(&edge, interface, &format!("{interface}x"));
-    }
-    let ports: Vec<(&str, &str)> = names
-        .iter()
-        .map(|(p, i)| (p.as_str(), i.as_str()))
-        .collect();
-    // Links born with IPv6 address generation off (the namespace's default): vxcd creates its
-    // tunnels up and promiscuous in one request (`dataplane/end.rs`, `born_up`).
-    assert!(edge.exec_ok(&[
-        "sh",
-        "-c",
-        "echo 1 > /proc/sys/net/ipv6/conf/default/addr_gen_mode"
-    ]));
-    let vxcd = Daemon::start(
-        &edge,
-        &ports,
-        "[core]\naddress = \"10.99.0.1\"\ninterface = \"core0\"\n\n[reconcile]\ninterval_s = 3600\n",
-    );
-    ok(vxcd.call(
-        json!({"op": "key.put", "key": {"key": "far", "port": "mel-1",
-        "host": "10.99.0.2", "single_use": false, "max_speed_mbps": 1000}}),
-    ));
+    let (edge, _peer, vxcd) = tunnel_edge("oe", PORTS);
     let passes = counter(&vxcd, "reconcile_passes");
 
     // 1. A burst with a tunnel deleted by hand in the middle of it: that, and only that, is

@@ -206,3 +206,43 @@ pub fn err(answer: Value, code: &str) -> Value {
     assert_eq!(answer["error"]["code"], json!(code), "{answer}");
     answer["error"].clone()
 }
+
+/// The tunnel edge of host tests (this kernel has VXLAN, not 802.1Q): an edge namespace with a
+/// core link to a peer (`core0`, 10.99.0.1 and 10.99.0.2), `ports` untagged veth ports `c<n>` on
+/// `cust<n>` (their peers `cust<n>x` in the edge too, n from 1), IPv6 address generation off by
+/// the edge's default (links born so are made up and promiscuous in one request:
+/// `dataplane/end.rs`, `born_up`); vxcd started there with `[core]` and periodic passes off
+/// (`interval_s` an hour), and a multi-use key `far` towards the peer.
+pub fn tunnel_edge(prefix: &str, ports: u32) -> (Netns, Netns, Daemon) {
+    super::require_root();
+    let edge = Netns::new(prefix);
+    let peer = Netns::new(&format!("{prefix}p"));
+    super::veth(&edge, "core0", &peer, "core0");
+    edge.ip(&["addr", "add", "10.99.0.1/24", "dev", "core0"]);
+    peer.ip(&["addr", "add", "10.99.0.2/24", "dev", "core0"]);
+    let names: Vec<(String, String)> = (1..=ports)
+        .map(|n| (format!("c{n}"), format!("cust{n}")))
+        .collect();
+    for (_, interface) in &names {
+        super::veth_local(&edge, interface, &format!("{interface}x"));
+    }
+    let ports: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(p, i)| (p.as_str(), i.as_str()))
+        .collect();
+    assert!(edge.exec_ok(&[
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv6/conf/default/addr_gen_mode"
+    ]));
+    let vxcd = Daemon::start(
+        &edge,
+        &ports,
+        "[core]\naddress = \"10.99.0.1\"\ninterface = \"core0\"\n\n[reconcile]\ninterval_s = 3600\n",
+    );
+    ok(vxcd.call(
+        json!({"op": "key.put", "key": {"key": "far", "port": "mel-1",
+        "host": "10.99.0.2", "single_use": false, "max_speed_mbps": 1000}}),
+    ));
+    (edge, peer, vxcd)
+}

@@ -96,9 +96,24 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         // The engine lock is taken to begin and to publish, not across the whole-host read:
-        // requests are answered while the pass reads (`engine/pass_steps.rs`).
-        let pass = control.engine.lock().await.begin_pass();
-        let found = pass.check().await;
-        control.engine.lock().await.finish_pass(found).await;
+        // requests are answered while the pass reads (`engine/pass_steps.rs`). Drift that the
+        // transactions made meanwhile explain is checked again, RECHECKS times at most; the last
+        // check repairs whatever it finds.
+        for check in 0..=RECHECKS {
+            let pass = control.engine.lock().await.begin_pass();
+            let found = pass.check().await;
+            let again = control
+                .engine
+                .lock()
+                .await
+                .finish_pass(found, check < RECHECKS)
+                .await;
+            if !again {
+                break;
+            }
+        }
     }
 }
+
+/// How many times a pass whose drift transactions explained is checked again before one repairs.
+const RECHECKS: usize = 2;

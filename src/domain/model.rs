@@ -312,6 +312,14 @@ impl Model {
         self.revisions.get(id).copied()
     }
 
+    /// The same model with `from`'s revisions: a model rebuilt from the same VXCs (new ports)
+    /// keeps them, so that no revision number is ever given twice.
+    pub fn with_revisions_of(mut self, from: &Model) -> Self {
+        self.revisions = from.revisions.clone();
+        self.last_revision = from.last_revision;
+        self
+    }
+
     fn revise(&mut self, id: &VxcId) {
         self.last_revision += 1;
         self.revisions.insert(id.clone(), self.last_revision);

@@ -229,7 +229,10 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                     state.model.keys().cloned(),
                     state.model.vxcs().cloned(),
                 )
-                .map(|m| m.with_core(state.model.core()))
+                .map(|m| {
+                    m.with_core(state.model.core())
+                        .with_revisions_of(&state.model)
+                })
                 .map_err(|e| format!("the state does not fit the new ports: {e}"))?,
             )
         };

@@ -89,22 +89,29 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
     }
 
-    /// Step 3, under the engine lock: publishes what the pass found, or repairs.
-    pub async fn finish_pass(&mut self, check: PassCheck) {
+    /// Step 3, under the engine lock: publishes what the pass found, or repairs. True when the
+    /// read showed drift or orphans that transactions made meanwhile explain: the caller checks
+    /// again (with `trust` false the last time: then whatever is found is repaired), since a
+    /// transaction that touched a VXC without reprogramming it (a new description) explains
+    /// nothing, and the event that started this pass is spent.
+    pub async fn finish_pass(&mut self, check: PassCheck, trust: bool) -> bool {
         let found = match check.found {
             Ok(found) => found,
             Err(e) => {
                 log::error!("reconcile: reading the kernel failed: {e}");
                 crate::metrics::daemon().reconcile_passes.inc();
-                return;
+                return false;
             }
         };
         let began: HashMap<&str, &VxcSpec> =
             check.desired.iter().map(|s| (s.id.as_str(), s)).collect();
-        if (!found.drifted.is_empty() || !found.orphans.is_empty())
-            && self.unexplained(&began, &check.revisions, &found.drifted, &found.orphans)
+        let found_any = !found.drifted.is_empty() || !found.orphans.is_empty();
+        if found_any
+            && (!trust
+                || self.unexplained(&began, &check.revisions, &found.drifted, &found.orphans))
         {
-            return self.reconcile().await;
+            self.reconcile().await;
+            return false;
         }
         let states = found.states;
         let metrics = crate::metrics::daemon();
@@ -122,7 +129,9 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                 let Some(vxc) = s.model.vxc(id.as_str()) else {
                     continue;
                 };
-                if s.spec(vxc).as_ref() != began.get(id.as_str()).copied() {
+                if s.spec(vxc).as_ref() != began.get(id.as_str()).copied()
+                    || s.model.revision(&vxc.id) != check.revisions.get(&vxc.id).copied()
+                {
                     continue;
                 }
                 changes.extend(set_state(&mut s.states, id, state));
@@ -149,6 +158,7 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
             }
             self.refresh_inspector();
         }
+        found_any
     }
 }
 

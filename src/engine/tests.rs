@@ -645,7 +645,7 @@ async fn a_pass_read_without_the_lock_never_overwrites_a_transaction_committed_m
     let found = pass.check().await;
     // 3. The read (every port missing, as the fake reads it) is published only for what no
     //    transaction touched since the pass began: nothing here.
-    rig.engine.finish_pass(found).await;
+    rig.engine.finish_pass(found, true).await;
     assert_eq!(
         rig.state_of("v-1"),
         Some(VxcState::Up),
@@ -660,7 +660,7 @@ async fn a_pass_read_without_the_lock_never_overwrites_a_transaction_committed_m
     assert_eq!(rig.vxc_ids(), ["v-1", "v-3"]);
     // A pass begun after them all publishes its finding for each.
     let found = rig.engine.begin_pass().check().await;
-    rig.engine.finish_pass(found).await;
+    rig.engine.finish_pass(found, true).await;
     for id in ["v-1", "v-3"] {
         match rig.state_of(id) {
             Some(VxcState::Pending(why)) => assert!(why.contains("is missing"), "{why}"),
@@ -712,7 +712,7 @@ async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_re
         shown_link(42, &end(303), "", 40, Some(303)),
     ];
     let found = pass.check().await;
-    rig.engine.finish_pass(found).await;
+    rig.engine.finish_pass(found, true).await;
     assert_eq!(
         rig.kernel.lock().converges,
         0,
@@ -725,7 +725,7 @@ async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_re
         shown_link(43, &end(309), "vxcd:v-9:a", 40, Some(309)),
     ];
     let found = rig.engine.begin_pass().check().await;
-    rig.engine.finish_pass(found).await;
+    rig.engine.finish_pass(found, true).await;
     assert_eq!(
         rig.kernel.lock().converges,
         1,
@@ -740,7 +740,7 @@ async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_re
     let pass = rig.engine.begin_pass();
     rig.ok(vxc("v-1", "k-1", 300, 50)).await;
     let found = pass.check().await;
-    rig.engine.finish_pass(found).await;
+    rig.engine.finish_pass(found, true).await;
     assert_eq!(rig.kernel.lock().converges, 2);
     // 4. v-1 moved to VLAN 311 and back while a pass read: the read caught it in between (its
     //    end link on 311, an orphan to the pass). Its spec is as the pass began, but it was
@@ -753,12 +753,18 @@ async fn a_pass_repairs_under_the_lock_only_what_no_transaction_made_while_it_re
     rig.ok(vxc("v-1", "k-1", 311, 50)).await;
     rig.ok(vxc("v-1", "k-1", 300, 50)).await;
     let found = pass.check().await;
-    rig.engine.finish_pass(found).await;
+    let again = rig.engine.finish_pass(found, true).await;
     assert_eq!(
         rig.kernel.lock().converges,
         2,
         "changed and changed back during the pass: still its transactions' doing"
     );
+    assert!(again, "what transactions explained is checked again");
+    // 5. The check again, the last one the caller allows (`trust` false), still finds the link
+    //    (no transaction since explains it now): repaired.
+    let found = rig.engine.begin_pass().check().await;
+    assert!(!rig.engine.finish_pass(found, false).await);
+    assert_eq!(rig.kernel.lock().converges, 3);
 }
 
 fn op(request: Value) -> crate::protocol::Op {

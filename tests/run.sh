@@ -77,9 +77,10 @@ cargo deb
 echo "tests/run.sh: cargo deb $(( $(date +%s) - deb_start )) s"
 # The lab tier: each tests/lab_*.rs is one qemu boot whose guest runs its scenarios one after
 # another, so the boots run in two lanes at once (this machine has two cores; a TCG guest keeps
-# about one busy). lab_selftest first and alone: it fetches the kernel and builds the base
-# initramfs that every other boot shares, which two boots must not do at once. Then lab_daemon
-# (the longest) in one lane and the rest in the other.
+# about one busy). lab_selftest first, alone and whatever filter was given: it fetches the kernel
+# and builds the base initramfs that every other boot shares, which two boots must not do at
+# once. Then lab_daemon (the longest) in one lane and the rest in the other; each lane's output
+# is printed once both have ended.
 lab_exes=$(cargo test --no-run --message-format=json "${lab_tests[@]}" |
   grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//')
 lab_exe() { echo "$lab_exes" | grep "/$1-[0-9a-f]*\$"; }
@@ -90,7 +91,8 @@ for arg in "${lab_tests[@]}"; do
 done
 lab_dir_log=target/lab-lanes
 mkdir -p "$lab_dir_log"
-# run_lane NAME TEST...: each test binary in turn, its output in target/lab-lanes/NAME.log.
+# run_lane NAME TEST...: each test binary in turn, with the given test arguments, its output in
+# target/lab-lanes/NAME.log.
 run_lane() {
   local lane=$1; shift
   local log="$lab_dir_log/$lane.log"
@@ -102,10 +104,13 @@ run_lane() {
     echo "== $name passed in $(( $(date +%s) - t0 )) s" >> "$log"
   done
 }
-test_args=("$@")
 lab_start=$(date +%s)
+test_args=()
 run_lane selftest lab_selftest || { cat "$lab_dir_log/selftest.log"; exit 1; }
 cat "$lab_dir_log/selftest.log"
+test_args=("$@")
+# An interrupted run takes its lanes and their guests with it.
+trap 'trap - INT TERM; kill 0' INT TERM
 run_lane a "${lane_a[@]}" & lane_a_pid=$!
 run_lane b "${lane_b[@]}" & lane_b_pid=$!
 lab_rc=0

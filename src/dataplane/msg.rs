@@ -340,14 +340,3 @@ impl QdiscSeen {
         }
     }
 }
-
-/// Notes a qdisc in the maps of a snapshot (see [`QdiscSeen`]).
-pub(super) fn note_qdisc(
-    q: TcMessage,
-    root_qdiscs: &mut HashMap<u32, RootQdisc>,
-    ingress: &mut HashSet<u32>,
-) {
-    if let Some(seen) = QdiscSeen::of(q) {
-        seen.note(root_qdiscs, ingress);
-    }
-}

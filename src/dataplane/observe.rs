@@ -130,8 +130,8 @@ impl Dataplane {
         let mut root_qdiscs = HashMap::new();
         let mut ingress = HashSet::new();
         for q in futures::future::join_all(qdisc_reads).await {
-            if let Some(q) = q? {
-                note_qdisc(q, &mut root_qdiscs, &mut ingress);
+            if let Some(seen) = q?.and_then(QdiscSeen::of) {
+                seen.note(&mut root_qdiscs, &mut ingress);
             }
         }
         let filters = self.read_filters(&ingress).await?;

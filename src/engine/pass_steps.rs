@@ -237,8 +237,6 @@ impl<K: Kernel> PassStart<K> {
                     for (port, e) in failures {
                         log::error!(interface = port.as_str(); "port interface {port}: {e}");
                     }
-                }
-                if self.repair {
                     // Judged under the lock (`finish_pass`): a transaction may explain them.
                     let drifted = plan
                         .vxcs

@@ -134,8 +134,8 @@ impl Control {
     }
 
     /// Refuses a change or a probe from a peer that may not send one.
-    fn authorize(&self, op: &Op, peer: Peer) -> Result<(), Failure> {
-        if op.needs_writer() && !self.may_change(peer) {
+    fn authorize(&self, needs_writer: bool, peer: Peer) -> Result<(), Failure> {
+        if needs_writer && !self.may_change(peer) {
             return Err(Failure::new(
                 "unauthorized",
                 format!(
@@ -158,19 +158,14 @@ impl Control {
         alive: impl Fn() -> bool,
     ) -> Result<String, Failure> {
         let id = request.id.clone();
+        let needs_writer = request.op.needs_writer();
         let Op::Batch { ops, atomic } = request.op else {
             return self
                 .answer_while(request, peer, alive)
                 .await
                 .map(|result| protocol::success_line(&id, result));
         };
-        self.authorize(
-            &Op::Batch {
-                ops: Vec::new(),
-                atomic,
-            },
-            peer,
-        )?;
+        self.authorize(needs_writer, peer)?;
         let mut engine = self.engine.lock().await;
         if !alive() {
             return Err(Failure::new("gone", "the peer closed the connection"));
@@ -189,7 +184,7 @@ impl Control {
         alive: impl Fn() -> bool,
     ) -> Result<serde_json::Value, Failure> {
         let gone = || Failure::new("gone", "the peer closed the connection");
-        self.authorize(&request.op, peer)?;
+        self.authorize(request.op.needs_writer(), peer)?;
         match &request.op {
             Op::Verify { id } => {
                 // Probing takes up to seconds: neither the engine nor other requests wait for it.

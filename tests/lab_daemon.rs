@@ -530,9 +530,12 @@ lab::lab_tests! {
         // burst (at least 8 full-size frames) with it.
         let burst_before = topo.edge.tc("qdisc show dev cust0.200 root");
         topo.edge.ip("link set cust0 mtu 9000");
+        // The count is published when the repairing pass ends, after the kernel shows the
+        // repair: waited for too, as above.
         wait_until(LIMIT, "cust0.200 at MTU 9000 with a new burst", || {
             topo.edge.ip("-o link show dev cust0.200").contains("mtu 9000 ")
                 && topo.edge.tc("qdisc show dev cust0.200 root") != burst_before
+                && repairs(&vxcd) > after_tbf
         });
         let after_mtu = repairs(&vxcd);
         assert!(after_mtu > after_tbf, "the MTU repair is counted");

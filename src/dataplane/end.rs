@@ -240,7 +240,9 @@ impl Dataplane {
         label: &str,
         j: &mut Journal,
     ) -> Result<u32, DataplaneError> {
-        let mut msg = flags_msg(0, born_up(), born_up());
+        // Read once: the link is marked by how it was made.
+        let born = born_up();
+        let mut msg = flags_msg(0, born, born);
         msg.attributes = vec![
             LinkAttribute::IfName(name.to_string()),
             LinkAttribute::Link(parent.index),
@@ -277,7 +279,8 @@ impl Dataplane {
             }
             Err(e) => return Err(e),
         };
-        self.mark_new_link(index, name, vxc, side, label, j).await?;
+        self.mark_new_link(index, name, vxc, side, label, born, j)
+            .await?;
         Ok(index)
     }
 
@@ -324,6 +327,15 @@ impl Dataplane {
         self.ack(RouteNetlinkMessage::SetLink(msg), 0)
             .await
             .map_err(|e| kernel_err("fixing", label, e))?;
+        let group = self.cfg.owner_group;
+        self.own.amend(&l.name, |k| {
+            k.mtu = mtu.unwrap_or(k.mtu);
+            k.group = group;
+            k.alias = Some(owner_alias(&vxc.id, side));
+            if k.addr_gen_mode.is_some() {
+                k.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE);
+            }
+        });
         j.record(
             format!("link {label}"),
             ObjectChange::Changed(fields),
@@ -354,6 +366,10 @@ impl Dataplane {
         )
         .await
         .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
+        self.own.amend(&l.name, |k| {
+            k.up = true;
+            k.promisc = true;
+        });
         let mut fields = vec![];
         if !l.up {
             fields.push("state up".to_string());
@@ -374,10 +390,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// A link vxcd just created (up and promiscuous already when [`born_up`]): journaled (undone
+    /// A link vxcd just created (up and promiscuous already when `born` [`born_up`]): journaled (undone
     /// by deleting it), marked as vxcd's (alias, IPv6 off) and set up. The kernel ignores
     /// IFLA_IFALIAS in RTM_NEWLINK; the address generation mode must be set before the link
     /// goes up, or the link-local address is already made.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn mark_new_link(
         &self,
         index: u32,
@@ -385,6 +402,7 @@ impl Dataplane {
         vxc: &VxcSpec,
         side: Side,
         label: &str,
+        born: bool,
         j: &mut Journal,
     ) -> Result<(), DataplaneError> {
         j.record(
@@ -395,13 +413,18 @@ impl Dataplane {
                 name: name.into(),
             }),
         );
+        let alias = owner_alias(&vxc.id, side);
         let mut mark = link_msg(index);
-        mark.attributes = vec![LinkAttribute::IfAlias(owner_alias(&vxc.id, side))];
-        if born_up() {
-            return self
-                .ack(RouteNetlinkMessage::SetLink(mark), 0)
+        mark.attributes = vec![LinkAttribute::IfAlias(alias.clone())];
+        // Each acknowledged change is applied to the link as vxcd last read it (right after
+        // its creation): its notifications then show it as vxcd knows it, not as drift to read
+        // back (`dataplane/drift.rs`).
+        if born {
+            self.ack(RouteNetlinkMessage::SetLink(mark), 0)
                 .await
-                .map_err(|e| kernel_err("marking (alias)", label, e));
+                .map_err(|e| kernel_err("marking (alias)", label, e))?;
+            self.own.amend(name, |l| l.alias = Some(alias));
+            return Ok(());
         }
         mark.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
@@ -410,12 +433,20 @@ impl Dataplane {
         self.ack(RouteNetlinkMessage::SetLink(mark), 0)
             .await
             .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
+        self.own.amend(name, |l| {
+            l.alias = Some(alias);
+            l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE);
+        });
         self.ack(
             RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
             0,
         )
         .await
         .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
+        self.own.amend(name, |l| {
+            l.up = true;
+            l.promisc = true;
+        });
         Ok(())
     }
 }

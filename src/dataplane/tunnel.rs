@@ -96,7 +96,8 @@ impl Dataplane {
         j: &mut Journal,
     ) -> Result<u32, DataplaneError> {
         let name = vxc.end(side).interface.clone();
-        let mut msg = flags_msg(0, super::end::born_up(), super::end::born_up());
+        let born = super::end::born_up();
+        let mut msg = flags_msg(0, born, born);
         msg.attributes = vec![
             LinkAttribute::IfName(name.clone()),
             LinkAttribute::Group(self.cfg.owner_group),
@@ -121,7 +122,7 @@ impl Dataplane {
                 })
             }
         };
-        self.mark_new_link(index, &name, vxc, side, label, j)
+        self.mark_new_link(index, &name, vxc, side, label, born, j)
             .await?;
         Ok(index)
     }

@@ -92,6 +92,12 @@ impl Dataplane {
                         0,
                     )
                     .await;
+                if r.is_ok() {
+                    self.own.amend(&name, |l| {
+                        l.up = up;
+                        l.promisc = promisc;
+                    });
+                }
                 Self::gone_ok(r, "restoring flags of", &format!("link {name}"))
             }
             Undo::RestoreLink {
@@ -105,9 +111,16 @@ impl Dataplane {
                 msg.attributes = vec![
                     LinkAttribute::Mtu(mtu),
                     LinkAttribute::Group(group),
-                    LinkAttribute::IfAlias(alias.unwrap_or_default()),
+                    LinkAttribute::IfAlias(alias.clone().unwrap_or_default()),
                 ];
                 let r = self.ack(RouteNetlinkMessage::SetLink(msg), 0).await;
+                if r.is_ok() {
+                    self.own.amend(&name, |l| {
+                        l.mtu = mtu;
+                        l.group = group;
+                        l.alias = alias.filter(|a| !a.is_empty());
+                    });
+                }
                 Self::gone_ok(r, "restoring", &format!("link {name}"))
             }
             Undo::DeleteTbf { index, name } => self.delete_tbf(index, &name).await,

@@ -92,6 +92,20 @@ impl Dataplane {
         self.dumps.lock().await.dump(payload, what, keep).await
     }
 
+    /// [`Dataplane::dump`] with each answer left as bytes for `keep` (`dump.rs`).
+    pub(super) async fn dump_frames<T>(
+        &self,
+        payload: RouteNetlinkMessage,
+        what: &str,
+        keep: impl FnMut(&super::dump::Frame<'_>) -> Option<T>,
+    ) -> Result<Vec<T>, DataplaneError> {
+        self.dumps
+            .lock()
+            .await
+            .dump_frames(payload, what, keep)
+            .await
+    }
+
     pub(super) async fn ack(
         &self,
         payload: RouteNetlinkMessage,

@@ -9,7 +9,8 @@
 //! the caller's `keep`, which keeps only what it needs, before the next is read.
 
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR,
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NLMSG_OVERRUN, NLM_F_DUMP, NLM_F_DUMP_INTR,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
@@ -57,6 +58,33 @@ impl DumpSocket {
         what: &str,
         mut keep: impl FnMut(RouteNetlinkMessage) -> Option<T>,
     ) -> Result<Vec<T>, DataplaneError> {
+        let mut unreadable = None;
+        let out = self
+            .dump_frames(payload, what, |frame| match frame.parse() {
+                Ok(NetlinkPayload::InnerMessage(inner)) => keep(inner),
+                Ok(_) => None,
+                Err(e) => {
+                    unreadable.get_or_insert(e);
+                    None
+                }
+            })
+            .await?;
+        match unreadable {
+            Some(e) => Err(DataplaneError::Connection(format!(
+                "dumping {what}: unreadable answer: {e}"
+            ))),
+            None => Ok(out),
+        }
+    }
+
+    /// [`DumpSocket::dump`] with each answer left as bytes for `keep`, which reads only what it
+    /// needs of it (a link's counters and IPv4 and IPv6 settings are most of its message).
+    pub(super) async fn dump_frames<T>(
+        &mut self,
+        payload: RouteNetlinkMessage,
+        what: &str,
+        mut keep: impl FnMut(&Frame<'_>) -> Option<T>,
+    ) -> Result<Vec<T>, DataplaneError> {
         let broken = |e: String| DataplaneError::Connection(format!("dumping {what}: {e}"));
         for _ in 0..DUMP_ATTEMPTS {
             self.seq = self.seq.wrapping_add(1);
@@ -77,30 +105,32 @@ impl DumpSocket {
                     .recv_from_full()
                     .await
                     .map_err(|e| broken(e.to_string()))?;
-                for message in datagram_messages(&datagram) {
-                    let message = message.map_err(|e| broken(format!("unreadable answer: {e}")))?;
+                for frame in datagram_frames(&datagram) {
+                    let frame = frame.map_err(|e| broken(format!("unreadable answer: {e}")))?;
                     // An answer to an earlier, abandoned dump on this socket.
-                    if message.header.sequence_number != self.seq {
+                    if frame.sequence != self.seq {
                         continue;
                     }
-                    if message.header.flags & NLM_F_DUMP_INTR != 0 {
+                    if frame.flags & NLM_F_DUMP_INTR != 0 {
                         interrupted = true;
                     }
-                    match message.payload {
-                        NetlinkPayload::InnerMessage(inner) => out.extend(keep(inner)),
-                        NetlinkPayload::Done(_) => break 'datagrams,
-                        NetlinkPayload::Error(err) => match err.code {
-                            Some(code) => {
-                                return Err(DataplaneError::Kernel {
-                                    action: "dumping".into(),
-                                    object: what.to_string(),
-                                    errno: Errno(-code.get()),
-                                })
-                            }
-                            None => break 'datagrams,
+                    match frame.kind {
+                        NLMSG_DONE => break 'datagrams,
+                        NLMSG_ERROR => match frame.parse() {
+                            Ok(NetlinkPayload::Error(err)) => match err.code {
+                                Some(code) => {
+                                    return Err(DataplaneError::Kernel {
+                                        action: "dumping".into(),
+                                        object: what.to_string(),
+                                        errno: Errno(-code.get()),
+                                    })
+                                }
+                                None => break 'datagrams,
+                            },
+                            _ => return Err(broken("unreadable error answer".into())),
                         },
-                        NetlinkPayload::Noop | NetlinkPayload::Overrun(_) => {}
-                        _ => {}
+                        NLMSG_NOOP | NLMSG_OVERRUN => {}
+                        _ => out.extend(keep(&frame)),
                     }
                 }
             }
@@ -116,24 +146,58 @@ impl DumpSocket {
     }
 }
 
-/// The netlink messages of one datagram, in order, each parsed only when reached: `Err` for one
+/// One netlink message of a datagram: its header read, the rest left as bytes until someone
+/// needs it parsed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Frame<'a> {
+    /// `nlmsg_type`: `RTM_NEWLINK`, `NLMSG_DONE`, ...
+    pub kind: u16,
+    pub flags: u16,
+    pub sequence: u32,
+    /// The netlink port id of the socket whose request caused it (0: the kernel's own).
+    pub port: u32,
+    /// The whole message, header included.
+    pub bytes: &'a [u8],
+}
+
+impl Frame<'_> {
+    /// The message after its 16-byte header (`RTM_*` messages: their `ifinfomsg`, `tcmsg`, ...).
+    pub fn payload(&self) -> &[u8] {
+        self.bytes.get(16..).unwrap_or_default()
+    }
+
+    /// The whole message parsed.
+    pub fn parse(&self) -> Result<NetlinkPayload<RouteNetlinkMessage>, String> {
+        NetlinkMessage::<RouteNetlinkMessage>::deserialize(self.bytes)
+            .map(|m| m.payload)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The netlink messages of one datagram, in order, only their headers read: `Err` for a frame
 /// that cannot be read (after a framing error, nothing more: the next one cannot be found).
-pub(super) fn datagram_messages(
+pub(super) fn datagram_frames(
     datagram: &[u8],
-) -> impl Iterator<Item = Result<NetlinkMessage<RouteNetlinkMessage>, String>> + '_ {
+) -> impl Iterator<Item = Result<Frame<'_>, String>> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         let rest = datagram.get(at..).filter(|rest| !rest.is_empty())?;
         // Checked: 16 <= length <= what the datagram holds.
-        let len = match NetlinkBuffer::new_checked(rest) {
-            Ok(buffer) => buffer.length() as usize,
+        let frame = match NetlinkBuffer::new_checked(rest) {
+            Ok(buffer) => Frame {
+                kind: buffer.message_type(),
+                flags: buffer.flags(),
+                sequence: buffer.sequence_number(),
+                port: buffer.port_number(),
+                bytes: &rest[..buffer.length() as usize],
+            },
             Err(e) => {
                 at = datagram.len();
                 return Some(Err(e.to_string()));
             }
         };
-        at += (len + 3) & !3;
-        Some(NetlinkMessage::deserialize(&rest[..len]).map_err(|e| e.to_string()))
+        at += (frame.bytes.len() + 3) & !3;
+        Some(Ok(frame))
     })
 }
 
@@ -154,8 +218,8 @@ mod tests {
         out
     }
 
-    fn name(msg: &NetlinkMessage<RouteNetlinkMessage>) -> Option<String> {
-        match &msg.payload {
+    fn name(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<String> {
+        match payload {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
                 l.attributes.iter().find_map(|a| match a {
                     LinkAttribute::IfName(n) => Some(n.clone()),
@@ -171,11 +235,17 @@ mod tests {
         let mut datagram = [bytes("ab1"), bytes("cd22")].concat();
         // A frame whose length field says more than the datagram holds.
         datagram.extend_from_slice(&[200, 0, 0, 0, 16, 0, 0, 0]);
-        let out: Vec<_> = datagram_messages(&datagram).collect();
+        let out: Vec<_> = datagram_frames(&datagram).collect();
         assert_eq!(out.len(), 3, "{out:?}");
-        assert_eq!(out[0].as_ref().ok().and_then(name).as_deref(), Some("ab1"));
-        assert_eq!(out[1].as_ref().ok().and_then(name).as_deref(), Some("cd22"));
+        let parsed = |i: usize| out[i].as_ref().ok().and_then(|f| f.parse().ok());
+        assert_eq!(parsed(0).as_ref().and_then(name).as_deref(), Some("ab1"));
+        assert_eq!(parsed(1).as_ref().and_then(name).as_deref(), Some("cd22"));
+        assert_eq!(
+            out[0].as_ref().map(|f| f.kind).ok(),
+            Some(16),
+            "RTM_NEWLINK"
+        );
         assert!(out[2].is_err());
-        assert_eq!(datagram_messages(&[]).count(), 0);
+        assert_eq!(datagram_frames(&[]).count(), 0);
     }
 }

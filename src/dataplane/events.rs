@@ -1,9 +1,8 @@
 //! Kernel link and tc change notifications, which trigger convergence.
 
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::tc::TcMessage;
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_core::NLMSG_OVERRUN;
+use netlink_packet_route::link::LinkHeader;
+use netlink_packet_route::tc::TcHeader;
 use tokio::sync::mpsc;
 
 use super::{DataplaneError, ObservedLink};
@@ -47,47 +46,52 @@ pub enum EventChange {
     Changed,
 }
 
-pub(super) fn to_event(msg: RouteNetlinkMessage) -> Option<KernelEvent> {
-    let link_event = |l: &LinkMessage, change: EventChange| KernelEvent {
-        object: KernelObject::Link,
-        change,
-        ifindex: l.header.index,
-        name: l.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        }),
-        link: super::msg::parse_link(l.clone()).map(Box::new),
-        caused_by_vxcd: false,
+pub(super) const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWQDISC: u16 = 36;
+const RTM_DELQDISC: u16 = 37;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+
+/// The event a notification of message type `kind` is, read from its bytes after the netlink
+/// header: of a link, only what [`ObservedLink`] holds (`msg::link_from_payload`); of a qdisc or
+/// filter, only its header's ifindex. Each of vxcd's own changes raises several notifications,
+/// parsed whole they were much of a burst's CPU time.
+pub(super) fn frame_event(kind: u16, payload: &[u8]) -> Option<KernelEvent> {
+    let link_event = |change: EventChange| {
+        let header = LinkHeader::parse(payload).ok()?;
+        let added = change == EventChange::Changed && header.change_mask.bits() == u32::MAX;
+        let link = super::msg::link_from_payload(payload);
+        Some(KernelEvent {
+            object: KernelObject::Link,
+            // A link's registration is announced with every flag marked changed.
+            change: if added { EventChange::Added } else { change },
+            ifindex: header.index,
+            name: link.as_ref().map(|l| l.name.clone()),
+            link: link.map(Box::new),
+            caused_by_vxcd: false,
+        })
     };
-    let tc_event = |t: &TcMessage, object: KernelObject, change: EventChange| KernelEvent {
-        object,
-        change,
-        ifindex: t.header.index as u32,
-        name: None,
-        link: None,
-        caused_by_vxcd: false,
+    let tc_event = |object: KernelObject, change: EventChange| {
+        let header = TcHeader::parse(payload).ok()?;
+        Some(KernelEvent {
+            object,
+            change,
+            ifindex: header.index as u32,
+            name: None,
+            link: None,
+            caused_by_vxcd: false,
+        })
     };
-    Some(match &msg {
-        // A link's registration is announced with every flag marked changed.
-        RouteNetlinkMessage::NewLink(l) if l.header.change_mask.bits() == u32::MAX => {
-            link_event(l, EventChange::Added)
-        }
-        RouteNetlinkMessage::NewLink(l) => link_event(l, EventChange::Changed),
-        RouteNetlinkMessage::DelLink(l) => link_event(l, EventChange::Removed),
-        RouteNetlinkMessage::NewQueueDiscipline(t) => {
-            tc_event(t, KernelObject::Qdisc, EventChange::Changed)
-        }
-        RouteNetlinkMessage::DelQueueDiscipline(t) => {
-            tc_event(t, KernelObject::Qdisc, EventChange::Removed)
-        }
-        RouteNetlinkMessage::NewTrafficFilter(t) => {
-            tc_event(t, KernelObject::Filter, EventChange::Changed)
-        }
-        RouteNetlinkMessage::DelTrafficFilter(t) => {
-            tc_event(t, KernelObject::Filter, EventChange::Removed)
-        }
-        _ => return None,
-    })
+    match kind {
+        RTM_NEWLINK => link_event(EventChange::Changed),
+        RTM_DELLINK => link_event(EventChange::Removed),
+        RTM_NEWQDISC => tc_event(KernelObject::Qdisc, EventChange::Changed),
+        RTM_DELQDISC => tc_event(KernelObject::Qdisc, EventChange::Removed),
+        RTM_NEWTFILTER => tc_event(KernelObject::Filter, EventChange::Changed),
+        RTM_DELTFILTER => tc_event(KernelObject::Filter, EventChange::Removed),
+        _ => None,
+    }
 }
 
 impl Dataplane {
@@ -151,17 +155,16 @@ impl Dataplane {
                         break;
                     }
                 };
-                for msg in super::dump::datagram_messages(&datagram) {
-                    // One the parser does not know: not an object vxcd makes.
-                    let Ok(msg) = msg else { continue };
-                    let port_id = msg.header.port_number;
-                    let event = match msg.payload {
-                        NetlinkPayload::InnerMessage(inner) => to_event(inner).map(|mut e| {
-                            e.caused_by_vxcd = own.caused(&e, port_id);
+                for frame in super::dump::datagram_frames(&datagram) {
+                    // One that cannot be framed: nothing after it can be found either.
+                    let Ok(frame) = frame else { continue };
+                    let event = if frame.kind == NLMSG_OVERRUN {
+                        Some(lost())
+                    } else {
+                        frame_event(frame.kind, frame.payload()).map(|mut e| {
+                            e.caused_by_vxcd = own.caused(&e, frame.port);
                             e
-                        }),
-                        NetlinkPayload::Overrun(_) => Some(lost()),
-                        _ => None,
+                        })
                     };
                     if let Some(event) = event {
                         if tx.send(event).await.is_err() {
@@ -172,5 +175,60 @@ impl Dataplane {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::Emitable;
+    use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+    use netlink_packet_route::tc::TcMessage;
+
+    fn link_bytes(change_mask: u32) -> Vec<u8> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = 9;
+        msg.header.change_mask = LinkFlags::from_bits_retain(change_mask);
+        msg.attributes = vec![LinkAttribute::IfName("cust0.7".into())];
+        let mut out = vec![0; msg.buffer_len()];
+        msg.emit(&mut out);
+        out
+    }
+
+    #[test]
+    fn notifications_become_events_of_their_object_and_change() {
+        let added = frame_event(RTM_NEWLINK, &link_bytes(u32::MAX)).unwrap();
+        assert_eq!(
+            (
+                added.object,
+                added.change,
+                added.ifindex,
+                added.name.as_deref()
+            ),
+            (KernelObject::Link, EventChange::Added, 9, Some("cust0.7"))
+        );
+        assert_eq!(added.link.map(|l| l.name), Some("cust0.7".to_owned()));
+        let changed = frame_event(RTM_NEWLINK, &link_bytes(1)).unwrap();
+        assert_eq!(changed.change, EventChange::Changed);
+        let removed = frame_event(RTM_DELLINK, &link_bytes(u32::MAX)).unwrap();
+        assert_eq!(removed.change, EventChange::Removed);
+
+        let mut qdisc = TcMessage::default();
+        qdisc.header.index = 33;
+        let mut tc = vec![0; qdisc.buffer_len()];
+        qdisc.emit(&mut tc);
+        for (kind, object, change) in [
+            (RTM_NEWQDISC, KernelObject::Qdisc, EventChange::Changed),
+            (RTM_DELQDISC, KernelObject::Qdisc, EventChange::Removed),
+            (RTM_NEWTFILTER, KernelObject::Filter, EventChange::Changed),
+            (RTM_DELTFILTER, KernelObject::Filter, EventChange::Removed),
+        ] {
+            let e = frame_event(kind, &tc).unwrap();
+            assert_eq!((e.object, e.change, e.ifindex), (object, change, 33));
+        }
+        // Other messages, and ones too short for their header, are no events.
+        assert_eq!(frame_event(20, &tc), None, "RTM_NEWADDR");
+        assert_eq!(frame_event(RTM_NEWQDISC, &tc[..3]), None);
+        assert_eq!(frame_event(RTM_NEWLINK, &[0; 8]), None);
     }
 }

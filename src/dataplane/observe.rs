@@ -17,6 +17,7 @@ use super::{
 };
 
 use super::conn::*;
+use super::events::RTM_NEWLINK;
 use super::msg::*;
 
 impl Dataplane {
@@ -59,9 +60,11 @@ impl Dataplane {
         let mut ask = LinkMessage::default();
         ask.attributes = vec![LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])];
         let links: Vec<ObservedLink> = self
-            .dump(RouteNetlinkMessage::GetLink(ask), "links", |m| match m {
-                RouteNetlinkMessage::NewLink(l) => parse_link(l),
-                _ => None,
+            .dump_frames(RouteNetlinkMessage::GetLink(ask), "links", |frame| {
+                // Only what vxcd keeps of each is parsed (`msg::link_from_payload`).
+                (frame.kind == RTM_NEWLINK)
+                    .then(|| link_from_payload(frame.payload()))
+                    .flatten()
             })
             .await?;
         let group = self.cfg.owner_group;
@@ -204,12 +207,15 @@ impl Dataplane {
     /// One link, asked by ifindex or `IFLA_IFNAME` in `msg`; `None` when it does not exist.
     pub(super) async fn read_link(
         &self,
-        msg: LinkMessage,
+        mut msg: LinkMessage,
     ) -> Result<Option<ObservedLink>, DataplaneError> {
         let what = match msg.attributes.first() {
             Some(LinkAttribute::IfName(name)) => format!("link {name}"),
             _ => format!("link ifindex {}", msg.header.index),
         };
+        // Without the counters, as in the dump: vxcd reads none of them.
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         match nl::get(&self.handle, RouteNetlinkMessage::GetLink(msg), 0).await {
             Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => parse_link(l),

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::group::{groupable, MAX_GROUP};
+use super::txn::PROGRAM_IN_FLIGHT;
 use super::{Engine, EventKind, Journal, Kernel, Record, VxcState};
 use crate::dataplane::VxcSpec;
 use crate::domain::{Change, ServiceKey, Vxc};
@@ -270,6 +271,46 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                         .map(|(spec, _)| Done::Removed(spec)),
                 );
                 i += run;
+                continue;
+            }
+            // A run of VXCs made from nothing: programmed at once (their objects are disjoint).
+            let creations: Vec<(crate::domain::VxcId, VxcSpec)> = steps[i..]
+                .iter()
+                .map_while(|s| match s {
+                    Step::Vxc {
+                        change: Change::Created(vxc),
+                        ..
+                    } => Some((vxc.id.clone(), scratch.spec(vxc)?)),
+                    _ => None,
+                })
+                .take(PROGRAM_IN_FLIGHT)
+                .collect();
+            if creations.len() >= 2 {
+                let specs: Vec<VxcSpec> = creations.iter().map(|(_, spec)| spec.clone()).collect();
+                let mut first_refusal = None;
+                for (at, ((id, spec), programmed)) in creations
+                    .into_iter()
+                    .zip(self.program_many(&specs).await)
+                    .enumerate()
+                {
+                    match programmed {
+                        Ok(state) => {
+                            if state == VxcState::Up {
+                                done.push(Done::Created(spec));
+                            }
+                            states.push((id, Some(state)));
+                        }
+                        // The first refused in the batch's order is the one named.
+                        Err(f) => {
+                            first_refusal.get_or_insert((i + at, f));
+                        }
+                    }
+                }
+                if let Some((at, failure)) = first_refusal {
+                    self.undo_batch(done).await;
+                    return refused(at, &failure);
+                }
+                i += specs.len();
                 continue;
             }
             let step = &steps[i];

@@ -16,9 +16,10 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::batch::{Done, Step};
+use super::txn::PROGRAM_IN_FLIGHT;
 use super::{Engine, EventKind, Journal, Kernel, ReadState, Record, VxcState};
 use crate::dataplane::VxcSpec;
-use crate::domain::{Change, Vxc, VxcPlan};
+use crate::domain::{Change, Vxc, VxcId, VxcPlan};
 use crate::protocol::{Failure, Op};
 
 /// Most ops in one group: the scratch copy is O(state), so a group must be worth it, and a long
@@ -53,89 +54,30 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
 
     async fn group(&mut self, ops: Vec<Op>) -> Vec<Result<Value, Failure>> {
         let now = OffsetDateTime::now_utc();
-        let mut scratch = (*self.published.load()).clone();
-        let mut done: Vec<Done> = Vec::new();
-        // Per op: the step it took, or why it was refused.
-        let mut outcomes: Vec<Result<Step, Failure>> = Vec::with_capacity(ops.len());
-        let mut ops = ops.into_iter().peekable();
-        while let Some(op) = ops.next() {
-            if let Op::VxcDelete { id } = op {
-                // A run of deletes: their links go at once where the kernel's bulk path helps.
-                let mut ids = vec![id];
-                while let Some(Op::VxcDelete { id }) =
-                    ops.next_if(|op| matches!(op, Op::VxcDelete { .. }))
-                {
-                    ids.push(id);
+        let (scratch, done, outcomes) = match self.apply_ops(&ops, now, true).await {
+            Ok(applied) => applied,
+            Err(done) => {
+                // A VXC programmed beside others was refused by the kernel, after the ops that
+                // followed it were checked on a scratch state that held it: their answers could
+                // differ from what each would get alone (the key it would have spent, the VLAN
+                // it would have taken). The kernel work is taken back and the group applied
+                // again one op at a time, which is what "as if each came alone" means.
+                log::info!(
+                    "a VXC programmed beside others was refused by the kernel: the group of {} ops is applied again one op at a time",
+                    ops.len()
+                );
+                self.undo_batch(done).await;
+                match self.apply_ops(&ops, now, false).await {
+                    Ok(applied) => applied,
+                    Err(done) => {
+                        self.undo_batch(done).await;
+                        let failure =
+                            Failure::internal("a group applied one op at a time speculated");
+                        return ops.iter().map(|_| Err(failure.clone())).collect();
+                    }
                 }
-                let run = self.delete_run(&mut scratch, ids, &mut done).await;
-                outcomes.extend(run);
-                continue;
             }
-            let outcome = match op {
-                Op::KeyPut { key } => match scratch.model.plan_key(&key) {
-                    Ok(change) => {
-                        scratch.model.commit_key(change.clone());
-                        Ok(Step::Key(change))
-                    }
-                    Err(e) => Err(Failure::from(e)),
-                },
-                Op::VxcPut { vxc } => match scratch.model.plan_vxc(&vxc, now) {
-                    Err(e) => Err(Failure::from(e)),
-                    Ok(plan) => {
-                        let step = Step::Vxc {
-                            change: plan.change.clone(),
-                            key_after: plan.key_after.clone(),
-                        };
-                        let programmed = match &plan.change {
-                            Change::Unchanged(_) => Ok(None),
-                            Change::Created(vxc) => match scratch.spec(vxc) {
-                                None => Ok(Some((vxc.id.clone(), Self::unconfigured(vxc)))),
-                                Some(spec) => self.program(&spec).await.map(|state| {
-                                    if state == VxcState::Up {
-                                        done.push(Done::Created(spec));
-                                    }
-                                    Some((vxc.id.clone(), state))
-                                }),
-                            },
-                            Change::Updated { before, after } => {
-                                let up = scratch.states.get(&after.id) == Some(&VxcState::Up);
-                                let moved = before.a_end.vlan != after.a_end.vlan;
-                                let reprogram = up
-                                    && (before.rate_mbps != after.rate_mbps
-                                        || before.shutdown != after.shutdown
-                                        || moved);
-                                match (reprogram, scratch.spec(before), scratch.spec(after)) {
-                                    (true, Some(old), Some(new)) => {
-                                        match self.reprogram(&old, &new, moved).await {
-                                            Ok(()) => {
-                                                done.push(Done::Reprogrammed(Box::new((
-                                                    old, new, moved,
-                                                ))));
-                                                Ok(None)
-                                            }
-                                            Err(f) => Err(f),
-                                        }
-                                    }
-                                    _ => Ok(None),
-                                }
-                            }
-                        };
-                        programmed.map(|state| {
-                            scratch.model.commit_vxc(plan);
-                            if let Some((id, state)) = state {
-                                scratch.states.insert(id, state);
-                            }
-                            step
-                        })
-                    }
-                },
-                other => Err(Failure::internal(format!(
-                    "{} cannot be in a group",
-                    other.name()
-                ))),
-            };
-            outcomes.push(outcome);
-        }
+        };
         // One journal entry for every op that went through.
         let records: Vec<Record> = outcomes.iter().flatten().flat_map(Step::records).collect();
         if !records.is_empty() {
@@ -248,6 +190,161 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         answers
     }
 
+    /// Checks and programs a group's ops in order on a scratch copy of the state: each op's
+    /// step, or why it was refused, with the scratch state they left and the kernel work done.
+    ///
+    /// With `speculate`, a run of `vxc.put` that each create a VXC is checked op after op and
+    /// then programmed at once, [`PROGRAM_IN_FLIGHT`] at most (their kernel objects are disjoint:
+    /// the rules give every end its own VLAN, port or VNI). Should the kernel refuse one of them,
+    /// `Err` holds the kernel work done, for the caller to take back and apply the group again
+    /// without speculating: the ops after the refused one were checked on a scratch state that
+    /// held it. Without `speculate` it never fails.
+    async fn apply_ops(
+        &mut self,
+        ops: &[Op],
+        now: OffsetDateTime,
+        speculate: bool,
+    ) -> Result<Applied, Vec<Done>> {
+        let mut scratch = (*self.published.load()).clone();
+        let mut done: Vec<Done> = Vec::new();
+        // Per op: the step it took, or why it was refused.
+        let mut outcomes: Vec<Result<Step, Failure>> = Vec::with_capacity(ops.len());
+        let mut i = 0;
+        while i < ops.len() {
+            if let Op::VxcDelete { .. } = &ops[i] {
+                // A run of deletes: their links go at once where the kernel's bulk path helps.
+                let mut ids = Vec::new();
+                while let Some(Op::VxcDelete { id }) = ops.get(i) {
+                    ids.push(id.clone());
+                    i += 1;
+                }
+                let run = self.delete_run(&mut scratch, ids, &mut done).await;
+                outcomes.extend(run);
+                continue;
+            }
+            if speculate {
+                let window = Self::creations(&mut scratch, &ops[i..], now);
+                if !window.is_empty() {
+                    i += window.len();
+                    let specs: Vec<VxcSpec> = window.iter().map(|c| c.spec.clone()).collect();
+                    let mut refused = false;
+                    for (creation, programmed) in
+                        window.into_iter().zip(self.program_many(&specs).await)
+                    {
+                        match programmed {
+                            Ok(state) => {
+                                if state == VxcState::Up {
+                                    done.push(Done::Created(creation.spec));
+                                }
+                                scratch.states.insert(creation.id, state);
+                                outcomes.push(Ok(creation.step));
+                            }
+                            Err(_) => refused = true,
+                        }
+                    }
+                    if refused {
+                        return Err(done);
+                    }
+                    continue;
+                }
+            }
+            let outcome = match &ops[i] {
+                Op::KeyPut { key } => match scratch.model.plan_key(key) {
+                    Ok(change) => {
+                        scratch.model.commit_key(change.clone());
+                        Ok(Step::Key(change))
+                    }
+                    Err(e) => Err(Failure::from(e)),
+                },
+                Op::VxcPut { vxc } => match scratch.model.plan_vxc(vxc, now) {
+                    Err(e) => Err(Failure::from(e)),
+                    Ok(plan) => {
+                        let step = Step::Vxc {
+                            change: plan.change.clone(),
+                            key_after: plan.key_after.clone(),
+                        };
+                        let programmed = match &plan.change {
+                            Change::Unchanged(_) => Ok(None),
+                            Change::Created(vxc) => match scratch.spec(vxc) {
+                                None => Ok(Some((vxc.id.clone(), Self::unconfigured(vxc)))),
+                                Some(spec) => self.program(&spec).await.map(|state| {
+                                    if state == VxcState::Up {
+                                        done.push(Done::Created(spec));
+                                    }
+                                    Some((vxc.id.clone(), state))
+                                }),
+                            },
+                            Change::Updated { before, after } => {
+                                let up = scratch.states.get(&after.id) == Some(&VxcState::Up);
+                                let moved = before.a_end.vlan != after.a_end.vlan;
+                                let reprogram = up
+                                    && (before.rate_mbps != after.rate_mbps
+                                        || before.shutdown != after.shutdown
+                                        || moved);
+                                match (reprogram, scratch.spec(before), scratch.spec(after)) {
+                                    (true, Some(old), Some(new)) => {
+                                        match self.reprogram(&old, &new, moved).await {
+                                            Ok(()) => {
+                                                done.push(Done::Reprogrammed(Box::new((
+                                                    old, new, moved,
+                                                ))));
+                                                Ok(None)
+                                            }
+                                            Err(f) => Err(f),
+                                        }
+                                    }
+                                    _ => Ok(None),
+                                }
+                            }
+                        };
+                        programmed.map(|state| {
+                            scratch.model.commit_vxc(plan);
+                            if let Some((id, state)) = state {
+                                scratch.states.insert(id, state);
+                            }
+                            step
+                        })
+                    }
+                },
+                other => Err(Failure::internal(format!(
+                    "{} cannot be in a group",
+                    other.name()
+                ))),
+            };
+            outcomes.push(outcome);
+            i += 1;
+        }
+        Ok((scratch, done, outcomes))
+    }
+
+    /// The leading `vxc.put` of `ops` that each create a VXC this host programs, checked in
+    /// order and committed to `scratch` (at most [`PROGRAM_IN_FLIGHT`]): up to the first op that
+    /// is another kind, is refused by a rule, changes a VXC or creates one programmed elsewhere,
+    /// which is left unchecked for the caller.
+    fn creations(scratch: &mut ReadState, ops: &[Op], now: OffsetDateTime) -> Vec<Creation> {
+        let mut window = Vec::new();
+        for op in ops.iter().take(PROGRAM_IN_FLIGHT) {
+            let Op::VxcPut { vxc } = op else { break };
+            let Ok(plan) = scratch.model.plan_vxc(vxc, now) else {
+                break;
+            };
+            let Change::Created(made) = &plan.change else {
+                break;
+            };
+            let Some(spec) = scratch.spec(made) else {
+                break;
+            };
+            let id = made.id.clone();
+            let step = Step::Vxc {
+                change: plan.change.clone(),
+                key_after: plan.key_after.clone(),
+            };
+            scratch.model.commit_vxc(plan);
+            window.push(Creation { id, spec, step });
+        }
+        window
+    }
+
     /// A run of `vxc.delete` in a group, each as if alone: checked in order on the scratch
     /// state (a second delete of one id is refused as it would be alone), then the links of
     /// all that passed are deleted at once ([`Kernel::remove_many`]: about 54 ms per link one
@@ -322,6 +419,18 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
         }
         outcomes
     }
+}
+
+/// What [`Engine::apply_ops`] made of a group: the scratch state, the kernel work, each op's
+/// step or refusal.
+type Applied = (ReadState, Vec<Done>, Vec<Result<Step, Failure>>);
+
+/// A VXC a speculating group creates beside others: checked, committed to the scratch state,
+/// its kernel work not yet done.
+struct Creation {
+    id: VxcId,
+    spec: VxcSpec,
+    step: Step,
 }
 
 /// A VXC of a run of deletes, checked and taken out of the scratch state, before its kernel work.

@@ -838,9 +838,13 @@ pub fn boot(mode: GuestMode, interactive: bool) -> Result<VmRun, String> {
     // mitigations=off: page-table isolation costs a TLB flush per syscall under TCG.
     // ipv6.disable_ipv6=1 is the default of every namespace's interfaces (a sysctl in the
     // root namespace is not inherited): saves time per link, keeps captures free of ND noise.
+    // tsc=reliable clocksource=tsc: under TCG the kernel finds the TSC unstable and falls back
+    // to the HPET, which the vDSO cannot read: every clock read (tokio reads it at each timer and
+    // park) became a system call and an emulated HPET read, 160 per VXC created (strace). Real
+    // edge hosts read the TSC in the vDSO; so does the lab now (qemu's TCG TSC is monotonic).
     .args([
         "-append",
-        "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off ipv6.disable_ipv6=1",
+        "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off ipv6.disable_ipv6=1 tsc=reliable clocksource=tsc",
     ]);
     let console_log = lab_dir().join(format!("console-{exe_stem}.log"));
     let started = Instant::now();

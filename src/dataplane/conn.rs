@@ -114,6 +114,21 @@ impl Dataplane {
         nl::ack(&self.handle, payload, flags).await
     }
 
+    /// Sends an `RTM_SETLINK` for the link `name` and, once the kernel acknowledges it, applies
+    /// it to the link as vxcd last read it (`msg::amend_link`): the notifications of vxcd's own
+    /// change then show the link as vxcd knows it, not drift to read back (`dataplane/drift.rs`).
+    pub(super) async fn set_link(
+        &self,
+        name: &str,
+        msg: netlink_packet_route::link::LinkMessage,
+    ) -> Result<(), ReqError> {
+        let amended = msg.clone();
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0).await?;
+        self.own
+            .amend(name, |l| super::msg::amend_link(l, &amended));
+        Ok(())
+    }
+
     /// Desired VXCs vs observed kernel (pure).
     pub fn plan(desired: &[VxcSpec], observed: &Observed) -> Plan {
         plan::plan(desired, observed)

@@ -238,14 +238,8 @@ impl Dataplane {
         msg.attributes = vec![LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
             vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
         )])];
-        match self.ack(RouteNetlinkMessage::SetLink(msg), 0).await {
-            Ok(()) => {
-                // Its notification then shows the port as vxcd knows it: not drift.
-                self.own.amend(&link.name, |l| {
-                    l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE)
-                });
-                Ok(true)
-            }
+        match self.set_link(&link.name, msg).await {
+            Ok(()) => Ok(true),
             Err(ReqError::Kernel(e)) if e.0 == libc::EAFNOSUPPORT => Ok(false),
             Err(e) => Err(kernel_err(
                 "switching IPv6 address generation off on",

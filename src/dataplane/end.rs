@@ -324,18 +324,9 @@ impl Dataplane {
         if fields.is_empty() {
             return Ok(());
         }
-        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+        self.set_link(&l.name, msg)
             .await
             .map_err(|e| kernel_err("fixing", label, e))?;
-        let group = self.cfg.owner_group;
-        self.own.amend(&l.name, |k| {
-            k.mtu = mtu.unwrap_or(k.mtu);
-            k.group = group;
-            k.alias = Some(owner_alias(&vxc.id, side));
-            if k.addr_gen_mode.is_some() {
-                k.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE);
-            }
-        });
         j.record(
             format!("link {label}"),
             ObjectChange::Changed(fields),
@@ -360,16 +351,9 @@ impl Dataplane {
         if l.up && l.promisc {
             return Ok(());
         }
-        self.ack(
-            RouteNetlinkMessage::SetLink(flags_msg(l.index, true, true)),
-            0,
-        )
-        .await
-        .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
-        self.own.amend(&l.name, |k| {
-            k.up = true;
-            k.promisc = true;
-        });
+        self.set_link(&l.name, flags_msg(l.index, true, true))
+            .await
+            .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
         let mut fields = vec![];
         if !l.up {
             fields.push("state up".to_string());
@@ -413,40 +397,24 @@ impl Dataplane {
                 name: name.into(),
             }),
         );
-        let alias = owner_alias(&vxc.id, side);
         let mut mark = link_msg(index);
-        mark.attributes = vec![LinkAttribute::IfAlias(alias.clone())];
-        // Each acknowledged change is applied to the link as vxcd last read it (right after
-        // its creation): its notifications then show it as vxcd knows it, not as drift to read
-        // back (`dataplane/drift.rs`).
+        mark.attributes = vec![LinkAttribute::IfAlias(owner_alias(&vxc.id, side))];
         if born {
-            self.ack(RouteNetlinkMessage::SetLink(mark), 0)
+            return self
+                .set_link(name, mark)
                 .await
-                .map_err(|e| kernel_err("marking (alias)", label, e))?;
-            self.own.amend(name, |l| l.alias = Some(alias));
-            return Ok(());
+                .map_err(|e| kernel_err("marking (alias)", label, e));
         }
         mark.attributes
             .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
                 vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
             )]));
-        self.ack(RouteNetlinkMessage::SetLink(mark), 0)
+        self.set_link(name, mark)
             .await
             .map_err(|e| kernel_err("marking (alias, IPv6 off)", label, e))?;
-        self.own.amend(name, |l| {
-            l.alias = Some(alias);
-            l.addr_gen_mode = Some(plan::ADDR_GEN_MODE_NONE);
-        });
-        self.ack(
-            RouteNetlinkMessage::SetLink(flags_msg(index, true, true)),
-            0,
-        )
-        .await
-        .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
-        self.own.amend(name, |l| {
-            l.up = true;
-            l.promisc = true;
-        });
+        self.set_link(name, flags_msg(index, true, true))
+            .await
+            .map_err(|e| kernel_err("setting up and promisc on", label, e))?;
         Ok(())
     }
 }

@@ -135,6 +135,29 @@ pub(super) fn parse_link(msg: LinkMessage) -> Option<ObservedLink> {
     (!link.name.is_empty()).then_some(link)
 }
 
+/// What an acknowledged `RTM_SETLINK` made of `link`: the flags its change mask names, and its
+/// MTU, group, alias (an empty one clears it) and IPv6 address generation mode.
+pub(super) fn amend_link(link: &mut ObservedLink, msg: &LinkMessage) {
+    for (flag, field) in [
+        (LinkFlags::Up, &mut link.up),
+        (LinkFlags::Promisc, &mut link.promisc),
+    ] {
+        if msg.header.change_mask.contains(flag) {
+            *field = msg.header.flags.contains(flag);
+        }
+    }
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfAlias(a) if a.is_empty() => link.alias = None,
+            LinkAttribute::Mtu(_)
+            | LinkAttribute::Group(_)
+            | LinkAttribute::IfAlias(_)
+            | LinkAttribute::AfSpecUnspec(_) => note_link_attribute(link, attr.clone()),
+            _ => {}
+        }
+    }
+}
+
 /// [`parse_link`] from the bytes of an `RTM_NEWLINK`/`RTM_DELLINK` message after its netlink
 /// header, parsing only the attributes vxcd keeps: a notification carries the link's counters
 /// and its IPv4 and IPv6 settings and counters, most of its 1.4 KB, and each of vxcd's creations
@@ -474,6 +497,43 @@ mod tests {
         }
         let read = link_from_payload(&bytes(&notified(vec![LinkAttribute::IfName("x".into())])));
         assert_eq!(read.and_then(|l| l.addr_gen_mode), Some(1));
+    }
+
+    #[test]
+    fn an_acknowledged_setlink_changes_only_what_it_names() {
+        let mut known = parse_link(notified(vec![
+            LinkAttribute::IfName("cust0.200".into()),
+            LinkAttribute::Mtu(1500),
+            LinkAttribute::Group(7),
+            LinkAttribute::IfAlias("old".into()),
+        ]))
+        .unwrap();
+        let before = known.clone();
+        amend_link(&mut known, &link_msg(42));
+        assert_eq!(known, before, "an empty SETLINK changes nothing");
+        amend_link(&mut known, &flags_msg(42, true, false));
+        assert!(known.up && !known.promisc);
+        let mut msg = link_msg(42);
+        msg.attributes = vec![
+            LinkAttribute::Mtu(9000),
+            LinkAttribute::Group(30819),
+            LinkAttribute::IfAlias(String::new()),
+        ];
+        amend_link(&mut known, &msg);
+        assert_eq!(
+            (known.mtu, known.group, known.alias.as_deref()),
+            (9000, 30819, None)
+        );
+        msg.attributes = vec![
+            LinkAttribute::IfAlias("vxcd:v-1:a".into()),
+            LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(
+                In6AddrGenMode::Eui64,
+            )])]),
+        ];
+        amend_link(&mut known, &msg);
+        assert_eq!(known.alias.as_deref(), Some("vxcd:v-1:a"));
+        assert_eq!(known.addr_gen_mode, Some(0));
+        assert_eq!((known.name.as_str(), known.index), ("cust0.200", 42));
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl Dataplane {
         let moves = links.iter().map(|(index, name)| async move {
             let mut msg = link_msg(*index);
             msg.attributes = vec![LinkAttribute::Group(doomed)];
-            let r = self.ack(RouteNetlinkMessage::SetLink(msg), 0).await;
+            let r = self.set_link(name, msg).await;
             Self::gone_ok(r, "moving to the doomed group", &format!("link {name}"))
         });
         for moved in futures::future::join_all(moves).await {

@@ -86,18 +86,7 @@ impl Dataplane {
                 up,
                 promisc,
             } => {
-                let r = self
-                    .ack(
-                        RouteNetlinkMessage::SetLink(flags_msg(index, up, promisc)),
-                        0,
-                    )
-                    .await;
-                if r.is_ok() {
-                    self.own.amend(&name, |l| {
-                        l.up = up;
-                        l.promisc = promisc;
-                    });
-                }
+                let r = self.set_link(&name, flags_msg(index, up, promisc)).await;
                 Self::gone_ok(r, "restoring flags of", &format!("link {name}"))
             }
             Undo::RestoreLink {
@@ -111,16 +100,9 @@ impl Dataplane {
                 msg.attributes = vec![
                     LinkAttribute::Mtu(mtu),
                     LinkAttribute::Group(group),
-                    LinkAttribute::IfAlias(alias.clone().unwrap_or_default()),
+                    LinkAttribute::IfAlias(alias.unwrap_or_default()),
                 ];
-                let r = self.ack(RouteNetlinkMessage::SetLink(msg), 0).await;
-                if r.is_ok() {
-                    self.own.amend(&name, |l| {
-                        l.mtu = mtu;
-                        l.group = group;
-                        l.alias = alias.filter(|a| !a.is_empty());
-                    });
-                }
+                let r = self.set_link(&name, msg).await;
                 Self::gone_ok(r, "restoring", &format!("link {name}"))
             }
             Undo::DeleteTbf { index, name } => self.delete_tbf(index, &name).await,

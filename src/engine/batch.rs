@@ -286,31 +286,21 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                 .take(PROGRAM_IN_FLIGHT)
                 .collect();
             if creations.len() >= 2 {
-                let specs: Vec<VxcSpec> = creations.iter().map(|(_, spec)| spec.clone()).collect();
-                let mut first_refusal = None;
-                for (at, ((id, spec), programmed)) in creations
-                    .into_iter()
-                    .zip(self.program_many(&specs).await)
-                    .enumerate()
+                let (ids, specs): (Vec<_>, Vec<_>) = creations.into_iter().unzip();
+                let run = ids.len();
+                let programmed = self.program_many(specs, &mut done).await;
+                // The first refused in the batch's order is the one named.
+                if let Some((at, Err(failure))) =
+                    programmed.iter().enumerate().find(|(_, p)| p.is_err())
                 {
-                    match programmed {
-                        Ok(state) => {
-                            if state == VxcState::Up {
-                                done.push(Done::Created(spec));
-                            }
-                            states.push((id, Some(state)));
-                        }
-                        // The first refused in the batch's order is the one named.
-                        Err(f) => {
-                            first_refusal.get_or_insert((i + at, f));
-                        }
-                    }
-                }
-                if let Some((at, failure)) = first_refusal {
                     self.undo_batch(done).await;
-                    return refused(at, &failure);
+                    return refused(i + at, failure);
                 }
-                i += specs.len();
+                states.extend(
+                    ids.into_iter()
+                        .zip(programmed.into_iter().flatten().map(Some)),
+                );
+                i += run;
                 continue;
             }
             let step = &steps[i];

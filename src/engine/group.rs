@@ -226,24 +226,16 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
                 let window = Self::creations(&mut scratch, &ops[i..], now);
                 if !window.is_empty() {
                     i += window.len();
-                    let specs: Vec<VxcSpec> = window.iter().map(|c| c.spec.clone()).collect();
-                    let mut refused = false;
-                    for (creation, programmed) in
-                        window.into_iter().zip(self.program_many(&specs).await)
-                    {
-                        match programmed {
-                            Ok(state) => {
-                                if state == VxcState::Up {
-                                    done.push(Done::Created(creation.spec));
-                                }
-                                scratch.states.insert(creation.id, state);
-                                outcomes.push(Ok(creation.step));
-                            }
-                            Err(_) => refused = true,
-                        }
-                    }
-                    if refused {
+                    let specs = window.iter().map(|c| c.spec.clone()).collect();
+                    let programmed = self.program_many(specs, &mut done).await;
+                    if programmed.iter().any(Result::is_err) {
                         return Err(done);
+                    }
+                    for (creation, state) in
+                        window.into_iter().zip(programmed.into_iter().flatten())
+                    {
+                        scratch.states.insert(creation.id, state);
+                        outcomes.push(Ok(creation.step));
                     }
                     continue;
                 }

@@ -37,6 +37,9 @@ struct KernelState {
     shown: Vec<ObservedLink>,
     /// Full convergences (repairing passes) run.
     converges: usize,
+    /// Applies begun and not yet answered, and the most there were at once.
+    in_flight: usize,
+    most_in_flight: usize,
 }
 
 /// A kernel in memory: a VXC is either wholly programmed or absent, as the dataplane's per-VXC
@@ -82,7 +85,15 @@ impl Kernel for FakeKernel {
         if let Some((port, interface)) = self.missing(spec).into_iter().next() {
             return Err(DataplaneError::PortMissing { port, interface });
         }
+        {
+            let mut state = self.lock();
+            state.in_flight += 1;
+            state.most_in_flight = state.most_in_flight.max(state.in_flight);
+        }
+        // As a real kernel's answer does, this one comes later: the caller may send others.
+        tokio::task::yield_now().await;
         let mut state = self.lock();
+        state.in_flight -= 1;
         state
             .calls
             .push(format!("apply {} {}", spec.id, spec.rate_mbps));
@@ -952,8 +963,12 @@ async fn a_group_of_creations_goes_to_the_kernel_at_once_each_vxc_once() {
         )
         .await;
     assert_eq!(codes(&answers), ["ok"; 5], "{answers:?}");
+    assert_eq!(rig.kernel.lock().most_in_flight, 5, "all five at once");
+    let mut calls = rig.kernel.calls();
+    // Answered in whatever order the kernel gets to them.
+    calls.sort();
     assert_eq!(
-        rig.kernel.calls(),
+        calls,
         (1..=5)
             .map(|n| format!("apply v-{n} 100"))
             .collect::<Vec<_>>(),
@@ -1016,6 +1031,11 @@ async fn an_atomic_batch_whose_creations_go_at_once_names_the_first_refused_and_
         .ok(json!({"op": "batch", "atomic": true, "ops": ops}))
         .await;
     assert_eq!(answer["applied"], false, "{answer}");
+    assert_eq!(
+        rig.kernel.lock().most_in_flight,
+        6,
+        "the six creations at once"
+    );
     assert_eq!(
         answer["failed_op"], 8,
         "v-3, the first refused in order: {answer}"

@@ -9,15 +9,16 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::batch::Done;
 use super::{Engine, EventKind, Journal, Kernel, Record, VxcState};
 use crate::dataplane::{self, ApplyReport, DataplaneError, VxcSpec};
+use crate::domain::{Change, Vxc, VxcId};
+use crate::protocol::Failure;
 
 /// Most VXCs made from nothing programmed at once by a group or a batch (each VXC's own
 /// requests go one after the other): enough to keep the kernel busy while vxcd reads its
 /// answers, few enough that a refusal has little to take back.
 pub const PROGRAM_IN_FLIGHT: usize = 16;
-use crate::domain::{Change, Vxc, VxcId};
-use crate::protocol::Failure;
 
 impl<K: Kernel, J: Journal> Engine<K, J> {
     pub(super) fn put_key(
@@ -182,19 +183,30 @@ impl<K: Kernel, J: Journal> Engine<K, J> {
     }
 
     /// Programs VXCs made from nothing, [`PROGRAM_IN_FLIGHT`] at once; one result per spec, in
-    /// order. Their objects must be disjoint (the rules make those of different VXCs so): each
-    /// VXC's requests still go one after the other, but the kernel's answers to one overlap
-    /// the next one's requests instead of leaving the CPUs idle between them.
-    pub(super) async fn program_many(&self, specs: &[VxcSpec]) -> Vec<Result<VxcState, Failure>> {
+    /// order, and each one made up is in `done` (in order too, to be taken back last first).
+    /// Their objects must be disjoint (the rules make those of different VXCs so): each VXC's
+    /// requests still go one after the other, but the kernel's answers to one overlap the next
+    /// one's requests instead of leaving the CPUs idle between them.
+    pub(super) async fn program_many(
+        &self,
+        specs: Vec<VxcSpec>,
+        done: &mut Vec<Done>,
+    ) -> Vec<Result<VxcState, Failure>> {
         // Collected first: a lazy map would make the future not Send (the closure's borrow).
         let applies: Vec<_> = specs
             .iter()
             .map(|spec| async move { Self::programmed(self.dataplane.apply(spec).await) })
             .collect();
-        futures::stream::iter(applies)
+        let results: Vec<Result<VxcState, Failure>> = futures::stream::iter(applies)
             .buffered(PROGRAM_IN_FLIGHT)
             .collect()
-            .await
+            .await;
+        for (spec, result) in specs.into_iter().zip(&results) {
+            if result.as_ref() == Ok(&VxcState::Up) {
+                done.push(Done::Created(spec));
+            }
+        }
+        results
     }
 
     pub(super) fn undo<E: std::fmt::Display>(&self, result: Result<(), E>, vxc: &VxcId) {
